@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny random causal LM built on the fly (never downloaded), GPU marker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aligner_chain.prompts import format_prompt
+
+TINY_CORPUS = [
+    format_prompt(q, a) + " " + c
+    for q, a, c in [
+        ("What is the capital of France?", "Paris is in Germany.", "Paris is in France."),
+        ("How do I boil an egg?", "Put it in the microwave.", "Simmer it for nine minutes."),
+        ("Is it safe to mix bleach and ammonia?", "Yes.", "No, it makes toxic gas."),
+    ]
+] * 20 + ["</s> <pad> <|im_end|> <unk> {question} {answer} 0123456789 ASSISTANT: USER:"] * 5
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama and its byte-level BPE tokenizer, saved with save_pretrained."""
+    from training.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), TINY_CORPUS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a runtime dependency
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
