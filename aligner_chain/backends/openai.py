@@ -1,0 +1,535 @@
+"""An Aligner served by an OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, TGI).
+
+The backend renders the Aligner prompt itself and calls ``POST {base_url}/completions`` (the plain
+completions API, not chat: the Aligner prompt is a raw template), greedy by default. Requests run
+concurrently (at most ``max_concurrency`` at a time), transient errors are retried with exponential
+backoff, and every request gets its own result: one request failing never fails the others.
+
+Control tokens: with ``tokenizer`` (the Aligner's tokenizer, a hub id or a local directory) the prompt
+is sent as token ids encoded by :func:`aligner_chain.tokenization.encode_prompt`, so text such as
+``</s>`` inside an answer stays text. Without it the prompt is sent as text and the server's tokenizer
+decides; most servers then turn such text into control tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult
+from aligner_chain.errors import CorrectionFailed
+from aligner_chain.prompts import DEFAULT_TEMPLATE, format_prompt, get_template, parse_correction
+from aligner_chain.tokenization import encode_prompt
+
+__all__ = ["API_KEY_ENV", "OpenAIBackend"]
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "ALIGNER_API_KEY"
+# finish_reason values that mean the model stopped by itself (vLLM/SGLang/llama.cpp say "stop";
+# TGI says "eos_token" or "stop_sequence").
+_FINISHED = frozenset({"stop", "eos", "eos_token", "stop_sequence"})
+# How servers say the prompt plus max_tokens does not fit the context (vLLM, SGLang, llama.cpp, TGI,
+# OpenAI): matched case-insensitively against the error message of a 400/413/422 response.
+_CONTEXT_ERROR = re.compile(
+    r"context[ _-]?(length|size|window)|maximum context|max_model_len|too long|too many tokens"
+    r"|must be <= \d+|exceeds? the (model'?s? )?(maximum|max|available)",
+    re.IGNORECASE,
+)
+_CONTEXT_STATUS = frozenset({400, 413, 422})
+_text_prompt_warned = False
+
+
+class _TransientStatus(Exception):
+    """An HTTP status worth retrying (408, 429, 5xx)."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _is_transient(err: BaseException) -> bool:
+    return isinstance(
+        err, (_TransientStatus, httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+    )
+
+
+class OpenAIBackend(AlignerBackend):
+    """Correct with an Aligner behind an OpenAI-compatible ``/v1/completions`` endpoint.
+
+    Args:
+        model: the model name the server serves (for vLLM, the ``--served-model-name`` or the path;
+            a LoRA adapter is served under its ``--lora-modules`` name).
+        base_url: the server's API root, e.g. ``http://localhost:8000/v1``; a bare
+            ``http://host:port`` gets ``/v1`` appended.
+        api_key: sent as a bearer token; default the ``ALIGNER_API_KEY`` environment variable.
+        template: a template name or string; ``None`` means ``"aligner-v1"`` (a remote model has no
+            local ``aligner_config.json`` to read).
+        max_new_tokens: ``max_tokens`` of each request. A correction cut off at this length fails
+            with reason ``"truncated"``; a prompt that does not fit is skipped with ``"too_long"``.
+        timeout: seconds for each HTTP request (connect, read, write, pool).
+        max_retries: retries after the first attempt, for connection errors, timeouts, 408, 429 and
+            5xx. Other errors are not retried.
+        max_concurrency: requests in flight at once per batch (and connections per client).
+        tokenizer: the Aligner's tokenizer (hub id, local directory, or a loaded tokenizer); when given,
+            prompts go out as token ids so answer text can never become a control token.
+        generation_kwargs: extra request fields (``temperature``, ``top_p``, ``seed``, ``stop``, ...)
+            merged over the defaults ``temperature=0``.
+        retry_backoff: first backoff in seconds (doubles per retry, with jitter).
+        max_backoff: longest backoff in seconds (also caps a server's ``Retry-After``).
+        trust_remote_code: passed to ``AutoTokenizer`` when ``tokenizer`` is a name or directory.
+
+    Results: ``ok`` with the parsed correction; ``skipped("too_long")``; ``failed("truncated")``;
+    ``failed("server_error")`` for an HTTP error (after retries where transient); ``failed("backend_error")``
+    when the server cannot be reached or its answer cannot be read.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        template: str | None = None,
+        max_new_tokens: int = 1024,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        max_concurrency: int = 8,
+        tokenizer: str | os.PathLike[str] | Any | None = None,
+        generation_kwargs: Mapping[str, Any] | None = None,
+        retry_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError("model must be the non-empty name the server serves the Aligner under")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if retry_backoff < 0 or max_backoff < 0:
+            raise ValueError("retry_backoff and max_backoff must be >= 0 seconds")
+        self._model = model
+        self.base_url = _normalize_base_url(base_url)
+        self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        self._template = get_template(template if template is not None else DEFAULT_TEMPLATE)
+        self.max_new_tokens = max_new_tokens
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_concurrency = max_concurrency
+        self.generation_kwargs: dict[str, Any] = {"temperature": 0.0, **(generation_kwargs or {})}
+        self.retry_backoff = retry_backoff
+        self.max_backoff = max_backoff
+        self._tokenizer_source = tokenizer
+        self._tokenizer: Any | None = None if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+        self._trust_remote_code = trust_remote_code
+        self._lock = threading.Lock()  # guards lazy set-up and the (not thread-safe) tokenizer
+        self._client: httpx.Client | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self._model!r}, base_url={self.base_url!r})"
+
+    @property
+    def model_name(self) -> str:
+        return self._model
+
+    @property
+    def template_name(self) -> str:
+        return self._template.name
+
+    @property
+    def endpoint(self) -> str:
+        """The completions URL requests go to."""
+        return self.base_url + "/completions"
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _payload(self, request: CorrectionRequest, *, stream: bool) -> dict[str, Any]:
+        prompt_text = format_prompt(request.question, request.answer, self._template)
+        prompt: str | list[int]
+        if self._tokenizer_source is None:
+            _note_text_prompts()
+            prompt = prompt_text
+        else:
+            with self._lock:
+                prompt = encode_prompt(self._load_tokenizer(), prompt_text)
+        payload: dict[str, Any] = {
+            **self.generation_kwargs,
+            "model": self._model,
+            "prompt": prompt,
+            "max_tokens": self.max_new_tokens,
+            "stream": stream,
+        }
+        return payload
+
+    def _load_tokenizer(self) -> Any:
+        # Called with self._lock held.
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            source = self._tokenizer_source
+            name = str(source) if isinstance(source, Path) else source
+            self._tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=self._trust_remote_code)
+        return self._tokenizer
+
+    def _wait(self, state: RetryCallState) -> float:
+        err = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(err, _TransientStatus) and err.retry_after is not None:
+            return min(err.retry_after, self.max_backoff)
+        exponential = self.retry_backoff * 2 ** (state.attempt_number - 1)
+        return min(self.max_backoff, exponential + random.uniform(0, self.retry_backoff))
+
+    def _retry_options(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.max_retries + 1),
+            "wait": self._wait,
+            "retry": retry_if_exception(_is_transient),
+            "before_sleep": _log_retry,
+            "reraise": True,
+        }
+
+    # -- sync -------------------------------------------------------------------------------------
+
+    def _sync_client(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=self.timeout,
+                    headers=self._headers(),
+                    limits=httpx.Limits(max_connections=self.max_concurrency),
+                )
+            return self._client
+
+    def close(self) -> None:
+        """Close the pooled HTTP connections (the backend reopens them if used again)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def correct(self, requests: Sequence[CorrectionRequest]) -> list[CorrectionResult]:
+        payloads = [self._payload(request, stream=False) for request in requests]
+        if not payloads:
+            return []
+        client = self._sync_client()
+        if len(payloads) == 1:
+            return [self._post_one(client, payloads[0])]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(payloads))) as pool:
+            return list(pool.map(lambda payload: self._post_one(client, payload), payloads))
+
+    def _post_one(self, client: httpx.Client, payload: dict[str, Any]) -> CorrectionResult:
+        def attempt() -> httpx.Response:
+            response = client.post(self.endpoint, json=payload)
+            _raise_if_transient(response)
+            return response
+
+        try:
+            response = Retrying(**self._retry_options())(attempt)
+        except Exception as err:
+            return self._exhausted(err)
+        return _result_from_response(response.status_code, response.content)
+
+    def stream(self, request: CorrectionRequest) -> Iterator[str]:
+        payload = self._payload(request, stream=True)
+        client = self._sync_client()
+
+        def attempt() -> httpx.Response:
+            response = client.send(client.build_request("POST", self.endpoint, json=payload), stream=True)
+            if _transient_status(response.status_code):
+                response.read()
+                response.close()
+                _raise_if_transient(response)
+            return response
+
+        try:
+            response = Retrying(**self._retry_options())(attempt)
+        except Exception as err:
+            _raise_failed(self._exhausted(err))
+        try:
+            if response.status_code >= 400:
+                response.read()
+                _raise_failed(_result_from_response(response.status_code, response.content))
+            decoder = _StreamDecoder()
+            try:
+                for line in response.iter_lines():
+                    delta = decoder.feed(line)
+                    if delta:
+                        yield delta
+                    if decoder.done:
+                        break
+            except httpx.HTTPError as err:
+                raise CorrectionFailed("backend_error", f"stream broke off: {_describe(err)}") from err
+            decoder.finish()
+        finally:
+            response.close()
+
+    # -- async ------------------------------------------------------------------------------------
+
+    def _async_client(self) -> httpx.AsyncClient:
+        # One client per call: an AsyncClient's connections belong to the event loop that opened them.
+        return httpx.AsyncClient(
+            timeout=self.timeout,
+            headers=self._headers(),
+            limits=httpx.Limits(max_connections=self.max_concurrency),
+        )
+
+    async def acorrect(self, requests: Sequence[CorrectionRequest]) -> list[CorrectionResult]:
+        payloads = [self._payload(request, stream=False) for request in requests]
+        if not payloads:
+            return []
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        async with self._async_client() as client:
+
+            async def one(payload: dict[str, Any]) -> CorrectionResult:
+                async with semaphore:
+                    return await self._apost_one(client, payload)
+
+            return list(await asyncio.gather(*(one(payload) for payload in payloads)))
+
+    async def _apost_one(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> CorrectionResult:
+        async def attempt() -> httpx.Response:
+            response = await client.post(self.endpoint, json=payload)
+            _raise_if_transient(response)
+            return response
+
+        try:
+            response: httpx.Response = await AsyncRetrying(**self._retry_options())(attempt)
+        except Exception as err:
+            return self._exhausted(err)
+        return _result_from_response(response.status_code, response.content)
+
+    async def astream(self, request: CorrectionRequest) -> AsyncIterator[str]:
+        payload = self._payload(request, stream=True)
+        async with self._async_client() as client:
+
+            async def attempt() -> httpx.Response:
+                built = client.build_request("POST", self.endpoint, json=payload)
+                response = await client.send(built, stream=True)
+                if _transient_status(response.status_code):
+                    await response.aread()
+                    await response.aclose()
+                    _raise_if_transient(response)
+                return response
+
+            try:
+                response: httpx.Response = await AsyncRetrying(**self._retry_options())(attempt)
+            except Exception as err:
+                _raise_failed(self._exhausted(err))
+            try:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_failed(_result_from_response(response.status_code, response.content))
+                decoder = _StreamDecoder()
+                try:
+                    async for line in response.aiter_lines():
+                        delta = decoder.feed(line)
+                        if delta:
+                            yield delta
+                        if decoder.done:
+                            break
+                except httpx.HTTPError as err:
+                    raise CorrectionFailed("backend_error", f"stream broke off: {_describe(err)}") from err
+                decoder.finish()
+            finally:
+                await response.aclose()
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    def _exhausted(self, err: BaseException) -> CorrectionResult:
+        """The result for a request that raised (after its retries, where the error was transient)."""
+        attempts = f" after {self.max_retries + 1} attempts" if _is_transient(err) else ""
+        if isinstance(err, _TransientStatus):
+            return CorrectionResult.failed("server_error", f"{err}{attempts}")
+        if isinstance(err, httpx.HTTPError):
+            return CorrectionResult.failed(
+                "backend_error", f"{_describe(err)} calling {self.endpoint}{attempts}"
+            )
+        if isinstance(err, Exception):
+            return CorrectionResult.failed("backend_error", _describe(err))
+        raise err
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _normalize_base_url(base_url: str) -> str:
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"base_url must be an http(s) URL such as http://localhost:8000/v1, got {base_url!r}"
+        )
+    url = base_url.rstrip("/")
+    if urlsplit(url).path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+def _note_text_prompts() -> None:
+    global _text_prompt_warned
+    if not _text_prompt_warned:
+        _text_prompt_warned = True
+        logger.info(
+            "OpenAIBackend sends prompts as text: the server's tokenizer decides whether text such as "
+            "'</s>' in an answer becomes a control token; pass tokenizer=... to send token ids instead"
+        )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    err = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    logger.warning(
+        "completions request failed (%s); retry %d in %.2fs",
+        _describe(err) if err else "?",
+        state.attempt_number,
+        delay,
+    )
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _transient_status(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def _raise_if_transient(response: httpx.Response) -> None:
+    if _transient_status(response.status_code):
+        retry_after: float | None
+        try:
+            retry_after = float(response.headers.get("retry-after", ""))
+        except ValueError:
+            retry_after = None
+        raise _TransientStatus(response.status_code, _error_message(response.content), retry_after)
+
+
+def _raise_failed(result: CorrectionResult) -> NoReturn:
+    raise CorrectionFailed(result.reason or result.status, result.detail)
+
+
+def _error_message(body: bytes) -> str:
+    """The server's error message: OpenAI's ``{"error": {"message"}}``, TGI's ``{"error": "..."}``,
+    or vLLM's ``{"message"}``; else the body text."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:500] or "(empty body)"
+    return _message_from_json(data) or text[:500]
+
+
+def _message_from_json(data: Any) -> str | None:
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail")
+            return str(message) if message else json.dumps(error)[:500]
+        if isinstance(error, str):
+            return error
+    return None
+
+
+def _error_result(status: int, message: str) -> CorrectionResult:
+    if status in _CONTEXT_STATUS and _CONTEXT_ERROR.search(message):
+        return CorrectionResult.skipped("too_long", message)
+    return CorrectionResult.failed("server_error", f"HTTP {status}: {message}")
+
+
+def _result_from_response(status: int, body: bytes) -> CorrectionResult:
+    if status >= 400:
+        return _error_result(status, _error_message(body))
+    try:
+        choice = json.loads(body)["choices"][0]
+        text, finish_reason = choice["text"], choice.get("finish_reason")
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        return CorrectionResult.failed("backend_error", f"unreadable completions response ({_describe(err)})")
+    if finish_reason == "length":
+        return CorrectionResult.failed("truncated", "the correction reached max_new_tokens before EOS")
+    if finish_reason not in _FINISHED:
+        return CorrectionResult.failed("server_error", f"unexpected finish_reason {finish_reason!r}")
+    return CorrectionResult.ok(parse_correction(text))
+
+
+class _StreamDecoder:
+    """Turns SSE lines into correction deltas whose concatenation equals ``parse_correction(text)``:
+    leading whitespace is dropped and trailing whitespace is held back until more text follows."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.pending = ""
+        self.finish_reason: str | None = None
+        self.done = False
+
+    def feed(self, line: str) -> str:
+        if not line.startswith("data:"):
+            return ""  # blank separators, comments, event names
+        data = line[len("data:") :].strip()
+        if data == "[DONE]":
+            self.done = True
+            return ""
+        try:
+            chunk = json.loads(data)
+        except ValueError as err:
+            raise CorrectionFailed("backend_error", f"unreadable stream chunk {data[:200]!r}") from err
+        if isinstance(chunk, dict) and "error" in chunk:
+            result = _error_result(400, _message_from_json(chunk) or data[:500])
+            _raise_failed(result)
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        if not choices:
+            return ""  # e.g. a final usage-only chunk
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        return self._trim(choice.get("text") or "")
+
+    def _trim(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.started = True
+        text = self.pending + text
+        body = text.rstrip()
+        self.pending = text[len(body) :]
+        return body
+
+    def finish(self) -> None:
+        if self.finish_reason == "length":
+            raise CorrectionFailed("truncated", "the correction reached max_new_tokens before EOS")
+        if self.finish_reason is None:
+            raise CorrectionFailed("backend_error", "the stream ended without a finish_reason")
+        if self.finish_reason not in _FINISHED:
+            raise CorrectionFailed("server_error", f"unexpected finish_reason {self.finish_reason!r}")
