@@ -1,0 +1,114 @@
+"""The `aligner-chain` entry point and the row handling of `aligner-chain correct` (no weights)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import pytest
+
+from aligner_chain import __version__, cli
+from aligner_chain.backends import CallableBackend, CorrectionRequest, CorrectionResult
+from aligner_chain.correct_command import _batches, _correct, output_row, parse_row
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("correct", "train", "bootstrap", "eval", "--log-level", "--version"):
+        assert name in out
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"aligner-chain {__version__}"
+
+
+def test_correct_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["correct", "--help"]) == 0
+    out = capsys.readouterr().out
+    flags = ["--output", "--model", "--adapter", "--template", "--batch-size", "--max-new-tokens"]
+    flags += ["--base-url", "--tokenizer", "--device", "--dtype", "--trust-remote-code", "--progress"]
+    for flag in flags:
+        assert flag in out
+    assert "ALIGNER_MODEL" in out and "malformed" in out
+
+
+def test_usage_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert cli.main(["correct", "--batch-size", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+    assert cli.main(["correct", "--no-such-flag"]) == 2
+
+
+def test_missing_extra_keeps_help_working_and_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ghost = cli.Subcommand("training.no_such_command", extra="train")
+    monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ghost)
+    assert cli.main(["--help"]) == 0
+    assert "ghost" in capsys.readouterr().out
+    assert cli.main(["ghost", "--data", "x.jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert 'pip install "aligner-chain[train]"' in err and "ghost" in err
+
+
+def test_command_modules_keep_imports_light() -> None:
+    code = (
+        "import sys; from aligner_chain.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'httpx', 'trl', 'datasets') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_parse_row_names_the_problem() -> None:
+    assert parse_row({"question": "Q", "answer": "A", "id": 3}) == CorrectionRequest("Q", "A")
+    with pytest.raises(ValueError, match='"answer" is missing'):
+        parse_row({"question": "Q"})
+    with pytest.raises(ValueError, match='"question" must be a string, got int'):
+        parse_row({"question": 1, "answer": "A"})
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        parse_row(["Q", "A"])
+
+
+def test_output_row_statuses_keep_extra_keys() -> None:
+    row = {"id": 7, "question": "Q", "answer": "Paris is in Germany. "}
+    corrected = output_row(row, CorrectionResult.ok("Paris is in France."))
+    assert corrected == {**row, "correction": "Paris is in France.", "status": "corrected", "reason": None}
+    assert output_row(row, CorrectionResult.ok("Paris is in Germany."))["status"] == "unchanged"
+    skipped = output_row(row, CorrectionResult.skipped("too_long", "4096 > 2048"))
+    assert skipped == {
+        **row,
+        "correction": None,
+        "status": "skipped",
+        "reason": "too_long",
+        "detail": "4096 > 2048",
+    }
+    assert output_row(row, CorrectionResult.failed("truncated"))["status"] == "failed"
+    json.dumps(skipped)
+
+
+def test_batches_skip_malformed_rows_and_report_line_numbers() -> None:
+    lines = iter(
+        [(1, {"question": "a", "answer": "b"}), (2, {"question": "a"}), (4, {"question": "c", "answer": "d"})]
+    )
+    reports: list[tuple[int, str]] = []
+    batches = list(_batches(lines, 1, lambda n, err: reports.append((n, err))))
+    assert [[req for _, req in batch] for batch in batches] == [
+        [CorrectionRequest("a", "b")],
+        [CorrectionRequest("c", "d")],
+    ]
+    assert reports == [(2, '"answer" is missing')]
+
+
+def test_a_failing_batch_fails_its_rows_only() -> None:
+    class Broken(CallableBackend):
+        def correct(self, requests: Sequence[CorrectionRequest]) -> list[CorrectionResult]:
+            raise RuntimeError("model could not be loaded")
+
+    results = _correct(Broken(lambda q, a: a), [CorrectionRequest("Q", "A")] * 2)
+    assert [(r.status, r.reason) for r in results] == [("failed", "backend_error")] * 2
+    assert "model could not be loaded" in (results[0].detail or "")
+    assert _correct(CallableBackend(lambda q, a: a.upper()), [CorrectionRequest("Q", "a")]) == [
+        CorrectionResult.ok("A")
+    ]
