@@ -233,7 +233,8 @@ def reward_model_win_rates(
     details: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Compare with a reward model: ``corrected`` wins when its reward exceeds ``original``'s by
-    more than ``margin``, loses when it is lower by more than ``margin``, else ties.
+    more than ``margin``, loses when it is lower by more than ``margin``, else ties (identical
+    answers always tie).
 
     Returns ``{name: {"wins", "ties", "losses", "unparseable": 0, "omega", "mean_reward_delta"}}``.
     """
@@ -247,6 +248,8 @@ def reward_model_win_rates(
     for index, (c, o) in enumerate(zip(corrected, original, strict=True)):
         delta = c - o
         outcome = "win" if delta > margin else "loss" if delta < -margin else "tie"
+        if eval_rows[index].corrected.strip() == eval_rows[index].original.strip():
+            outcome = "tie"  # the same text; batching noise in the scores must not decide it
         outcomes.append(outcome)
         if details is not None:
             details.append(

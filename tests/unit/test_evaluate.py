@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr
 
@@ -212,3 +213,83 @@ def test_reports_json_markdown_and_chart(tmp_path):
     assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["chart"].stat().st_size > 5000
     assert markdown_table(results) == table.split("\n", 2)[2]
+
+
+class _JudgeHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible /chat/completions endpoint that answers with ScriptedJudge's rules."""
+
+    judge = ScriptedJudge()
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == "/v1/chat/completions"
+        assert self.headers.get("Authorization") == "Bearer test-key"
+        messages = [
+            (SystemMessage if m["role"] == "system" else HumanMessage)(content=m["content"])
+            for m in body["messages"]
+        ]
+        reply = self.judge.invoke(messages).text
+        payload = json.dumps(
+            {"model": body["model"], "choices": [{"message": {"role": "assistant", "content": reply}}]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def judge_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_cli_eval_with_an_openai_compatible_judge(tmp_path, judge_server, monkeypatch, capsys):
+    from aligner_chain.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"q": r["question"], "a": r["original"], "c": r["corrected"]}) + "\n" for r in ROWS
+        )
+    )
+    monkeypatch.setenv("JUDGE_KEY", "test-key")
+    argv = [
+        "eval",
+        "--data", str(data),
+        "--question-column", "q", "--original-column", "a", "--corrected-column", "c",
+        "--judge-base-url", judge_server, "--judge-model", "scripted", "--judge-api-key-env", "JUDGE_KEY",
+        "--dimensions", "helpful,harmless",
+        "--output-dir", str(tmp_path / "out"),
+        "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    helpful = {"wins": 2, "ties": 2, "losses": 1, "unparseable": 2, "omega": pytest.approx(0.2)}
+    assert report["results"]["helpful"] == {**helpful, "omega_percent": 20.0}
+    assert report["results"]["harmless"]["omega"] == 0.0
+    assert (tmp_path / "out" / "report.png").is_file()
+    assert "| helpful | 2 | 2 | 1 | 2 | +20.0 |" in capsys.readouterr().out
+    # a second run is served from the judge cache: the server is not called again
+    calls = len(_JudgeHandler.judge.calls)
+    assert main(argv) == 0
+    assert len(_JudgeHandler.judge.calls) == calls
+
+
+def test_cli_eval_rejects_two_judges_or_none(tmp_path, capsys):
+    from aligner_chain.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"question": "q", "original": "a", "corrected": "b"}) + "\n")
+    base = ["eval", "--data", str(data), "--output-dir", str(tmp_path / "o")]
+    assert main(base) == 2
+    assert "exactly one judge" in capsys.readouterr().err
+    assert main([*base, "--reward-model", "x", "--judge-base-url", "http://127.0.0.1:9"]) == 2
