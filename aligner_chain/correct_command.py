@@ -299,6 +299,6 @@ def _summarise(counts: Counter[str]) -> None:
     parts = ", ".join(f"{counts[status]} {status}" for status in OUTPUT_STATUSES)
     malformed = counts["malformed"]
     print(
-        f"aligner-chain correct: {total} rows written ({parts}); {malformed} malformed rows skipped",
+        f"aligner-chain correct: wrote {total} row(s) ({parts}); skipped {malformed} malformed row(s)",
         file=sys.stderr,
     )

@@ -62,7 +62,7 @@ def check_output(rows: list[dict], stderr: str) -> None:
         assert f"line {line}: {problem}" in stderr
     assert 'line 9: "answer" must be a string, got int' in stderr
     assert (
-        "4 rows written (2 corrected, 1 unchanged, 1 skipped, 0 failed); 4 malformed rows skipped" in stderr
+        "wrote 4 row(s) (2 corrected, 1 unchanged, 1 skipped, 0 failed); skipped 4 malformed row(s)" in stderr
     )
 
 
@@ -89,7 +89,7 @@ def test_a_model_that_cannot_load_fails_rows_and_finishes(
     assert len(rows) == 4 and {(row["status"], row["reason"]) for row in rows} == {
         ("failed", "backend_error")
     }
-    assert "0 corrected, 0 unchanged, 0 skipped, 4 failed" in capsys.readouterr().err
+    assert "(0 corrected, 0 unchanged, 0 skipped, 4 failed)" in capsys.readouterr().err
 
 
 def test_correct_from_stdin_through_a_server(
