@@ -168,3 +168,20 @@ async def test_astream_and_stream_retries(server: CompletionsServer) -> None:
         assert "".join(backend(srv).stream(CorrectionRequest("Q", "A  "))) == "fixed: A   ASSISTANT:"
         assert [d async for d in backend(srv, max_new_tokens=5).astream(CorrectionRequest("Q", "B"))]
         assert len(srv.payloads) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (400, "This model's maximum context length is 2048 tokens. However, you requested 3000 tokens."),
+        (400, "'max_tokens' is too large: 1024. This model's maximum context length is 2048 tokens"),
+        (400, "Requested token count exceeds the model's maximum context length of 2048 tokens."),
+        (400, "the request exceeds the available context size, try increasing it"),
+        (422, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048. Given: 1500"),
+    ],
+)
+def test_context_errors_of_known_servers_are_too_long(status: int, message: str) -> None:
+    from aligner_chain.backends.openai import _error_result
+
+    assert _error_result(status, message) == CorrectionResult.skipped("too_long", message)
+    assert _error_result(500, message).status == "failed"
