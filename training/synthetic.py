@@ -1,0 +1,134 @@
+"""A small synthetic correction task for demos and tests, where the question matters.
+
+Questions ask for a capital, a sum or a unit fact; flawed answers state a wrong value (a distractor
+drawn from the same family) and the correction restates the answer with the right value, which only
+the question determines. Some answers are already right and stay unchanged. The held-out split uses
+(question, wrong value, phrasing) combinations never seen in training, while every fact itself is
+seen: an Aligner passes only if it reads the question instead of memorising answer -> correction.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.data import CorrectionRow
+
+__all__ = ["SyntheticTask", "make_synthetic_task", "write_jsonl"]
+
+CAPITALS = {
+    "France": "Paris",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Japan": "Tokyo",
+    "Egypt": "Cairo",
+    "Peru": "Lima",
+    "Kenya": "Nairobi",
+    "Norway": "Oslo",
+    "Canada": "Ottawa",
+    "Chile": "Santiago",
+    "Greece": "Athens",
+    "Poland": "Warsaw",
+}
+UNITS = {
+    "centimetres in a metre": "100",
+    "minutes in an hour": "60",
+    "days in a week": "7",
+    "hours in a day": "24",
+    "months in a year": "12",
+    "grams in a kilogram": "1000",
+    "seconds in a minute": "60",
+    "legs on a spider": "8",
+}
+_CAPITAL_ANSWERS = ("The capital of {x} is {v}.", "It is {v}.", "{v} is the capital of {x}.")
+_SUM_ANSWERS = ("{a} plus {b} is {v}.", "The answer is {v}.", "It equals {v}.")
+_UNIT_ANSWERS = ("There are {v} {x}.", "The answer is {v}.", "It is {v}.")
+
+
+@dataclass(frozen=True)
+class SyntheticTask:
+    """``train`` rows and ``held_out`` rows whose (question, answer) pairs never occur in ``train``."""
+
+    train: list[CorrectionRow]
+    held_out: list[CorrectionRow]
+
+    def corpus(self) -> list[str]:
+        """Every question, answer and correction: text to train a tiny tokenizer on."""
+        rows = self.train + self.held_out
+        return [t for r in rows for t in (r.question, r.answer, r.correction)]
+
+
+def _all_rows() -> list[CorrectionRow]:
+    rows: list[CorrectionRow] = []
+    capitals = list(CAPITALS.values())
+    for country, capital in CAPITALS.items():
+        question = f"What is the capital of {country}?"
+        for template in _CAPITAL_ANSWERS:
+            right = template.format(x=country, v=capital)
+            for wrong in capitals:
+                rows.append(CorrectionRow(question, template.format(x=country, v=wrong), right))
+    for a in range(1, 6):
+        for b in range(1, 6):
+            question = f"What is {a} plus {b}?"
+            for template in _SUM_ANSWERS:
+                right = template.format(a=a, b=b, v=a + b)
+                for delta in (-2, -1, 0, 1, 2):
+                    wrong = template.format(a=a, b=b, v=a + b + delta)
+                    rows.append(CorrectionRow(question, wrong, right))
+    values = sorted(set(UNITS.values()), key=int)
+    for unit, value in UNITS.items():
+        question = f"How many {unit} are there?"
+        for template in _UNIT_ANSWERS:
+            right = template.format(x=unit, v=value)
+            for wrong in values:
+                rows.append(CorrectionRow(question, template.format(x=unit, v=wrong), right))
+    return rows
+
+
+def make_synthetic_task(
+    *, n_train: int = 600, n_held_out: int = 60, seed: int = 0, unchanged_share: float = 0.1
+) -> SyntheticTask:
+    """Sample disjoint train and held-out rows from the task's (question, flawed answer) pairs.
+
+    ``unchanged_share`` is roughly the share of rows whose answer is already right (correction =
+    answer); the rest carry a wrong value. Every question (fact) appears in ``train``.
+    """
+    rng = random.Random(seed)
+    rows = _all_rows()
+    right = [r for r in rows if r.answer == r.correction]
+    wrong = [r for r in rows if r.answer != r.correction]
+    rng.shuffle(right)
+    rng.shuffle(wrong)
+    n_total = n_train + n_held_out
+    n_right = min(len(right), round(unchanged_share * n_total))
+    pool = right[:n_right] + wrong[: n_total - n_right]
+    if len(pool) < n_total:
+        raise ValueError(f"the synthetic task has {len(pool)} rows; ask for at most that many in all")
+    rng.shuffle(pool)
+    # Held-out rows only for questions that still have training rows with another answer.
+    train_questions: dict[str, int] = {}
+    for row in pool:
+        train_questions[row.question] = train_questions.get(row.question, 0) + 1
+    held_out: list[CorrectionRow] = []
+    train: list[CorrectionRow] = []
+    for row in pool:
+        if len(held_out) < n_held_out and train_questions[row.question] > 2:
+            held_out.append(row)
+            train_questions[row.question] -= 1
+        else:
+            train.append(row)
+    return SyntheticTask(train=train, held_out=held_out)
+
+
+def write_jsonl(rows: list[CorrectionRow], path: str | Path) -> Path:
+    """Write rows as JSONL with ``question``, ``answer`` and ``correction`` fields."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(
+                json.dumps({"question": r.question, "answer": r.answer, "correction": r.correction}) + "\n"
+            )
+    return out
