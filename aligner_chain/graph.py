@@ -48,6 +48,8 @@ DEFAULT_TOOLS_NODE = "tools"
 DEFAULT_ALIGNER_NODE = "aligner"
 
 SkipPredicate = Callable[[AIMessage], bool]
+# Backend reasons that mean "not for the Aligner" rather than "the Aligner broke".
+_SKIP_REASONS = frozenset({"too_long"})
 
 
 # --- which message, which question -------------------------------------------------------------
@@ -195,6 +197,7 @@ class FinalAnswerCorrector:
         self.skip = skip
         inherited = getattr(aligner, "on_failure", "passthrough")
         self.on_failure: OnFailure = on_failure or ("raise" if inherited == "raise" else "passthrough")
+        self._chat_only = isinstance(aligner, ChatAligner)  # no non-streaming runnable to call
         self._chat: ChatAligner | None = aligner if isinstance(aligner, ChatAligner) else None
 
     # selection
@@ -207,7 +210,7 @@ class FinalAnswerCorrector:
     def correct(self, target: _Target, config: RunnableConfig | None) -> AIMessage:
         """The corrected final answer (same id), or the original flagged ``"failed"`` (passthrough)."""
         try:
-            if self._use_chat_model(config):
+            if self._use_chat_model(target, config):
                 result = self._chat_model().invoke(self._chat_input(target), config)
                 corrected = self._as_answer(target, result)
             else:
@@ -221,7 +224,7 @@ class FinalAnswerCorrector:
     async def acorrect(self, target: _Target, config: RunnableConfig | None) -> AIMessage:
         """Async twin of :meth:`correct`."""
         try:
-            if self._use_chat_model(config):
+            if self._use_chat_model(target, config):
                 result = await self._chat_model().ainvoke(self._chat_input(target), config)
                 corrected = self._as_answer(target, result)
             else:
@@ -234,8 +237,14 @@ class FinalAnswerCorrector:
 
     # helpers
 
-    def _use_chat_model(self, config: RunnableConfig | None) -> bool:
-        return self._chat is not None or is_streaming(config)
+    def _use_chat_model(self, target: _Target, config: RunnableConfig | None) -> bool:
+        if self._chat_only:
+            return True
+        if not is_streaming(config):
+            return False
+        # The runnable's own skip predicate answers at once, without a model run to stream.
+        own_skip = getattr(self.aligner, "skip", None)
+        return not (callable(own_skip) and own_skip(target.message))
 
     def _runnable(self) -> AlignerRunnable:
         from aligner_chain.runnable import AlignerRunnable
@@ -252,10 +261,17 @@ class FinalAnswerCorrector:
     def _chat_input(target: _Target) -> list[BaseMessage]:
         return [HumanMessage(target.question), target.message]
 
-    @staticmethod
-    def _as_answer(target: _Target, result: BaseMessage) -> AIMessage:
+    def _as_answer(self, target: _Target, result: BaseMessage) -> AIMessage:
         """The chat model's output as the original message with content and metadata replaced."""
         meta = dict(result.response_metadata.get("aligner") or {})
+        if not meta:  # a chat model that does not report: describe the correction ourselves
+            original = target.message.text
+            meta = {
+                "status": "unchanged" if result.text == original else "corrected",
+                "original": original,
+                "model": _model_name(self.aligner),
+                "template": _template_name(self.aligner),
+            }
         return target.message.model_copy(
             update={
                 "content": result.content,
@@ -270,18 +286,21 @@ class FinalAnswerCorrector:
         return corrected
 
     def _failed(self, target: _Target, err: Exception, config: RunnableConfig | None) -> AIMessage:
-        if self.on_failure == "raise":
+        reason = getattr(err, "reason", None) or "backend_error"
+        skipped = reason in _SKIP_REASONS  # e.g. too long for the Aligner: not a failure
+        if self.on_failure == "raise" and not skipped:
             if isinstance(err, AlignerError):
                 raise err
             raise AlignerError(f"the Aligner failed: {err!r}") from err
-        logger.warning("Aligner failed, keeping the original answer: %s", err)
+        if not skipped:
+            logger.warning("Aligner failed, keeping the original answer: %s", err)
         original = target.message
         meta = {
-            "status": "failed",
+            "status": "skipped" if skipped else "failed",
             "original": original.text,
             "model": _model_name(self.aligner),
             "template": _template_name(self.aligner),
-            "reason": getattr(err, "reason", None) or "backend_error",
+            "reason": reason,
         }
         flagged = original.model_copy(
             update={"response_metadata": {**original.response_metadata, "aligner": meta}}
