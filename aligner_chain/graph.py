@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -34,7 +35,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ALIGNER_NODE",
     "DEFAULT_TOOLS_NODE",
+    "FinalAnswer",
+    "FinalAnswerCorrector",
     "OnFailure",
+    "SkipPredicate",
+    "find_final_answer",
+    "is_streaming",
     "make_aligner_node",
     "make_final_answer_router",
     "route_final_answer",
@@ -100,14 +106,12 @@ def _history_pairs(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
     return pairs
 
 
-class _Target:
+@dataclass(frozen=True)
+class FinalAnswer:
     """The final answer to correct and the question (history folded in) it answers."""
 
-    __slots__ = ("message", "question")
-
-    def __init__(self, message: AIMessage, question: str) -> None:
-        self.message = message
-        self.question = question
+    message: AIMessage
+    question: str
 
 
 def find_final_answer(
@@ -115,7 +119,7 @@ def find_final_answer(
     *,
     history_turns: int = 0,
     skip: SkipPredicate | None = None,
-) -> _Target | None:
+) -> FinalAnswer | None:
     """The last ``AIMessage`` if it is a final answer to correct, with its question.
 
     ``None`` when there is no AI message, it calls tools, has no text, was already corrected, or
@@ -131,11 +135,11 @@ def find_final_answer(
         return None
     q_index = next((i for i in range(index - 1, -1, -1) if isinstance(messages[i], HumanMessage)), None)
     if q_index is None:
-        return _Target(message, "")
+        return FinalAnswer(message, "")
     question = str(messages[q_index].text)
     if history_turns:
         question = fold_history(question, _history_pairs(messages[:q_index]), history_turns)
-    return _Target(message, question)
+    return FinalAnswer(message, question)
 
 
 # --- streaming detection -----------------------------------------------------------------------
@@ -202,12 +206,12 @@ class FinalAnswerCorrector:
 
     # selection
 
-    def target(self, messages: Sequence[BaseMessage]) -> _Target | None:
+    def target(self, messages: Sequence[BaseMessage]) -> FinalAnswer | None:
         return find_final_answer(messages, history_turns=self.history_turns, skip=self.skip)
 
     # sync
 
-    def correct(self, target: _Target, config: RunnableConfig | None) -> AIMessage:
+    def correct(self, target: FinalAnswer, config: RunnableConfig | None) -> AIMessage:
         """The corrected final answer (same id), or the original flagged ``"failed"`` (passthrough)."""
         try:
             if self._use_chat_model(target, config):
@@ -221,7 +225,7 @@ class FinalAnswerCorrector:
             return self._failed(target, err, config)
         return self._check(corrected)
 
-    async def acorrect(self, target: _Target, config: RunnableConfig | None) -> AIMessage:
+    async def acorrect(self, target: FinalAnswer, config: RunnableConfig | None) -> AIMessage:
         """Async twin of :meth:`correct`."""
         try:
             if self._use_chat_model(target, config):
@@ -237,7 +241,7 @@ class FinalAnswerCorrector:
 
     # helpers
 
-    def _use_chat_model(self, target: _Target, config: RunnableConfig | None) -> bool:
+    def _use_chat_model(self, target: FinalAnswer, config: RunnableConfig | None) -> bool:
         if self._chat_only:
             return True
         if not is_streaming(config):
@@ -258,10 +262,10 @@ class FinalAnswerCorrector:
         return self._chat
 
     @staticmethod
-    def _chat_input(target: _Target) -> list[BaseMessage]:
+    def _chat_input(target: FinalAnswer) -> list[BaseMessage]:
         return [HumanMessage(target.question), target.message]
 
-    def _as_answer(self, target: _Target, result: BaseMessage) -> AIMessage:
+    def _as_answer(self, target: FinalAnswer, result: BaseMessage) -> AIMessage:
         """The chat model's output as the original message with content and metadata replaced."""
         meta = dict(result.response_metadata.get("aligner") or {})
         if not meta:  # a chat model that does not report: describe the correction ourselves
@@ -285,7 +289,7 @@ class FinalAnswerCorrector:
             raise AlignerError(f"the Aligner failed: {meta.get('reason') or 'unknown reason'}")
         return corrected
 
-    def _failed(self, target: _Target, err: Exception, config: RunnableConfig | None) -> AIMessage:
+    def _failed(self, target: FinalAnswer, err: Exception, config: RunnableConfig | None) -> AIMessage:
         reason = getattr(err, "reason", None) or "backend_error"
         skipped = reason in _SKIP_REASONS  # e.g. too long for the Aligner: not a failure
         if self.on_failure == "raise" and not skipped:
