@@ -33,6 +33,7 @@ from langchain_core.runnables import (
     RunnableSerializable,
 )
 from langchain_core.runnables.utils import AddableDict
+from langgraph.errors import GraphBubbleUp
 from pydantic import Field
 
 from aligner_chain._backend_factory import AlignerOptions
@@ -311,6 +312,8 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
             try:
                 requests = [self._request(cast(_Item, items[i])) for i in todo]
                 results = _checked(self.get_backend().correct(requests), len(requests))
+            except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
+                raise
             except Exception as err:
                 results = err
         return self._finish_all(items, todo, results)
@@ -322,6 +325,8 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
             try:
                 requests = [self._request(cast(_Item, items[i])) for i in todo]
                 results = _checked(await self.get_backend().acorrect(requests), len(requests))
+            except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
+                raise
             except Exception as err:
                 results = err
         return self._finish_all(items, todo, results)
