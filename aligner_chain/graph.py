@@ -23,6 +23,15 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.errors import GraphBubbleUp
 
 from aligner_chain.errors import AlignerError
+from aligner_chain.messages import (
+    ALIGNER_KEY,
+    aligner_metadata,
+    last_ai_index,
+    message_text,
+    skip_reason,
+    split_conversation,
+    with_metadata,
+)
 from aligner_chain.prompts import fold_history
 
 if TYPE_CHECKING:
@@ -83,27 +92,9 @@ def _messages_of(state: Any, messages_key: str) -> list[BaseMessage]:
 _MISSING = object()
 
 
-def _has_tool_calls(message: AIMessage) -> bool:
-    chunk_calls = getattr(message, "tool_call_chunks", None)
-    return bool(message.tool_calls or message.invalid_tool_calls or chunk_calls)
-
-
 def _needs_correction(message: AIMessage) -> bool:
     """A final answer: text, no tool calls, not already through an Aligner."""
-    if _has_tool_calls(message) or not message.text.strip():
-        return False
-    return "aligner" not in message.response_metadata
-
-
-def _history_pairs(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
-    """Earlier turns as ``(role, text)`` pairs: human messages and AI answers with text."""
-    pairs: list[tuple[str, str]] = []
-    for message in messages:
-        if isinstance(message, HumanMessage) and message.text.strip():
-            pairs.append(("user", message.text))
-        elif isinstance(message, AIMessage) and message.text.strip():
-            pairs.append(("assistant", message.text))
-    return pairs
+    return skip_reason(message) is None and ALIGNER_KEY not in message.response_metadata
 
 
 @dataclass(frozen=True)
@@ -126,20 +117,15 @@ def find_final_answer(
     ``skip(message)`` says so. The question is the last ``HumanMessage`` before the answer; with
     ``history_turns > 0`` the turns before it are folded in (:func:`~aligner_chain.prompts.fold_history`).
     """
-    index = next((i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], AIMessage)), None)
+    index = last_ai_index(messages)
     if index is None:
         return None
     message = messages[index]
     assert isinstance(message, AIMessage)
     if not _needs_correction(message) or (skip is not None and skip(message)):
         return None
-    q_index = next((i for i in range(index - 1, -1, -1) if isinstance(messages[i], HumanMessage)), None)
-    if q_index is None:
-        return FinalAnswer(message, "")
-    question = str(messages[q_index].text)
-    if history_turns:
-        question = fold_history(question, _history_pairs(messages[:q_index]), history_turns)
-    return FinalAnswer(message, question)
+    question, history, _ = split_conversation(messages[: index + 1])
+    return FinalAnswer(message, fold_history(question, history, history_turns))
 
 
 # --- streaming detection -----------------------------------------------------------------------
@@ -218,7 +204,7 @@ class FinalAnswerCorrector:
                 result = self._chat_model().invoke(self._chat_input(target), config)
                 corrected = self._as_answer(target, result)
             else:
-                corrected = self._runnable().correct_message(target.message, target.question)
+                corrected = self._runnable().correct_message(target.message, target.question, config=config)
         except GraphBubbleUp:  # interrupts and Command-driven control flow belong to the graph
             raise
         except Exception as err:
@@ -232,7 +218,9 @@ class FinalAnswerCorrector:
                 result = await self._chat_model().ainvoke(self._chat_input(target), config)
                 corrected = self._as_answer(target, result)
             else:
-                corrected = await self._runnable().acorrect_message(target.message, target.question)
+                corrected = await self._runnable().acorrect_message(
+                    target.message, target.question, config=config
+                )
         except GraphBubbleUp:  # interrupts and Command-driven control flow belong to the graph
             raise
         except Exception as err:
@@ -267,24 +255,23 @@ class FinalAnswerCorrector:
 
     def _as_answer(self, target: FinalAnswer, result: BaseMessage) -> AIMessage:
         """The chat model's output as the original message with content and metadata replaced."""
-        meta = dict(result.response_metadata.get("aligner") or {})
+        meta = result.response_metadata.get(ALIGNER_KEY)
         if not meta:  # a chat model that does not report: describe the correction ourselves
-            original = target.message.text
-            meta = {
-                "status": "unchanged" if result.text == original else "corrected",
-                "original": original,
-                "model": _model_name(self.aligner),
-                "template": _template_name(self.aligner),
-            }
-        return target.message.model_copy(
-            update={
-                "content": result.content,
-                "response_metadata": {**target.message.response_metadata, "aligner": meta},
-            }
-        )
+            original = message_text(target.message)
+            model, template = self._describe()
+            same = message_text(result) == original
+            meta = aligner_metadata(
+                "unchanged" if same else "corrected", original=original, model=model, template=template
+            )
+        corrected = target.message.model_copy(update={"content": result.content})
+        return with_metadata(corrected, meta)
+
+    def _describe(self) -> tuple[str, str]:
+        """``(model, template)`` names for metadata; never raises."""
+        return self.aligner.describe_backend()
 
     def _check(self, corrected: AIMessage) -> AIMessage:
-        meta = corrected.response_metadata.get("aligner") or {}
+        meta = corrected.response_metadata.get(ALIGNER_KEY) or {}
         if self.on_failure == "raise" and meta.get("status") == "failed":
             raise AlignerError(f"the Aligner failed: {meta.get('reason') or 'unknown reason'}")
         return corrected
@@ -298,17 +285,16 @@ class FinalAnswerCorrector:
             raise AlignerError(f"the Aligner failed: {err!r}") from err
         if not skipped:
             logger.warning("Aligner failed, keeping the original answer: %s", err)
-        original = target.message
-        meta = {
-            "status": "skipped" if skipped else "failed",
-            "original": original.text,
-            "model": _model_name(self.aligner),
-            "template": _template_name(self.aligner),
-            "reason": reason,
-        }
-        flagged = original.model_copy(
-            update={"response_metadata": {**original.response_metadata, "aligner": meta}}
+        model, template = self._describe()
+        meta = aligner_metadata(
+            "skipped" if skipped else "failed",
+            original=message_text(target.message),
+            model=model,
+            template=template,
+            reason=reason,
+            detail=str(getattr(err, "detail", None) or err),
         )
+        flagged = with_metadata(target.message, meta)
         if is_streaming(config):
             _push_to_stream(flagged)
         return flagged
@@ -319,20 +305,6 @@ def _chat_aligner_for(aligner: AlignerRunnable) -> ChatAligner:
     from aligner_chain.chat_model import ChatAligner
 
     return ChatAligner(backend=aligner.get_backend())
-
-
-def _model_name(aligner: Any) -> str:
-    try:
-        return str(aligner.get_backend().model_name)
-    except Exception:  # metadata only: never let it hide the real failure
-        return str(getattr(aligner, "model", None) or "unknown")
-
-
-def _template_name(aligner: Any) -> str:
-    try:
-        return str(aligner.get_backend().template_name)
-    except Exception:
-        return str(getattr(aligner, "template", None) or "unknown")
 
 
 def _push_to_stream(message: AIMessage) -> None:
@@ -410,7 +382,7 @@ def make_final_answer_router(
     def route(state: Any) -> str:
         messages = _messages_of(state, messages_key)
         last = messages[-1] if messages else None
-        if isinstance(last, AIMessage) and _has_tool_calls(last):
+        if isinstance(last, AIMessage) and last.tool_calls:  # like tools_condition
             return tools
         return aligner
 
