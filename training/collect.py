@@ -196,6 +196,8 @@ def collect_preferences(
     out.mkdir(parents=True, exist_ok=True)
     done_log, answers_log = JsonlLog(out / DONE_FILE), JsonlLog(out / ANSWERS_FILE)
     prefs_log, sft_log = JsonlLog(out / PREFERENCES_FILE), JsonlLog(out / SFT_FILE)
+    for log in (prefs_log, sft_log):  # both files exist even when no row is written
+        log.path.touch()
     done_records = done_log.read()
     _reconcile(out, done_records)
     done_keys = {r["key"] for r in done_records}
