@@ -377,3 +377,38 @@ def test_bad_options_are_rejected(tmp_path: Path) -> None:
 def test_a_progress_bar_shows_the_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     collect_preferences(QUESTIONS[:3], ScriptedUpstream(), StandInAligner().runnable, tmp_path)
     assert "collect" in capsys.readouterr().err
+
+
+def test_with_an_aligner_runnable(tmp_path: Path) -> None:
+    from aligner_chain.backends.callable import CallableBackend
+    from aligner_chain.runnable import AlignerRunnable
+
+    def fix(question: str, answer: str) -> str:
+        if "BROKEN" in answer:
+            raise RuntimeError("the Aligner server is down")
+        return answer if "FINE" in answer else answer.replace("WRONG", "RIGHT")
+
+    backend = CallableBackend(fix)
+    answers = {"q fine": "FINE", "q broken": "BROKEN", "q blank": "   "}
+    prompts = ["q1", "q2", "q3", "q fine", "q broken", "q blank"]
+    summary = collect_preferences(
+        prompts,
+        ScriptedUpstream(answers=answers),
+        AlignerRunnable(backend=backend),
+        tmp_path,
+        progress=False,
+    )
+    assert {k: summary[k] for k in ("written", "unchanged", "failed", "skipped")} == {
+        "written": 3,
+        "unchanged": 1,
+        "failed": 1,
+        "skipped": 1,
+    }
+    assert backend.calls == [5]  # one batched backend call for the chunk (the blank answer skipped)
+    assert _read(tmp_path / PREFERENCES_FILE)[0] == {
+        "prompt": "q1",
+        "chosen": "RIGHT: q1",
+        "rejected": "WRONG: q1",
+    }
+    done = {r["question"]: r for r in _read(tmp_path / DONE_FILE)}
+    assert done["q broken"]["reason"] == "backend_error"
