@@ -183,7 +183,8 @@ class FinalAnswerCorrector:
         if skip is not None and not callable(skip):
             raise TypeError(f"skip must be a callable (message) -> bool, got {type(skip).__name__}")
         self.aligner = aligner
-        self.history_turns = history_turns
+        # 0 defers to the aligner's own setting (AlignerRunnable(history_turns=...)).
+        self.history_turns = history_turns or int(getattr(aligner, "history_turns", 0) or 0)
         self.skip = skip
         inherited = getattr(aligner, "on_failure", "passthrough")
         self.on_failure: OnFailure = on_failure or ("raise" if inherited == "raise" else "passthrough")
@@ -335,7 +336,8 @@ def make_aligner_node(
             policies are used), a :class:`~aligner_chain.chat_model.ChatAligner`, or ``None`` for
             ``AlignerRunnable()`` (the ``ALIGNER_MODEL`` environment variable or the default model).
         messages_key: the state field holding the conversation (reduced with ``add_messages``).
-        history_turns: earlier messages folded into the question (0: the last human message only).
+        history_turns: earlier messages folded into the question; 0 (default) uses the aligner's
+            own ``history_turns`` (itself 0 by default: the last human message only).
         on_failure: ``"raise"`` raises :class:`~aligner_chain.errors.AlignerError` when a correction
             fails; ``"passthrough"`` keeps the original answer flagged ``status="failed"``; ``None``
             (default) follows the aligner's own ``on_failure``.

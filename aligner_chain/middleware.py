@@ -44,7 +44,8 @@ class AlignerMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         on_failure: ``"passthrough"`` (default) keeps the original answer, flagged
             ``status="failed"``; ``"raise"`` raises :class:`~aligner_chain.errors.AlignerError`.
         skip: ``skip(message) -> bool``; ``True`` leaves that answer alone.
-        history_turns: earlier messages folded into the question the Aligner sees.
+        history_turns: earlier messages folded into the question the Aligner sees; 0 (default)
+            uses the aligner's own ``history_turns``.
         name: the middleware name (graph nodes are ``"<name>.after_model"``); default the class name.
 
     Example:

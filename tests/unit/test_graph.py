@@ -235,6 +235,20 @@ def test_history_turns_fold_earlier_turns_into_the_question() -> None:
     assert "I live in Paris." in question and "Nice city." in question and "Is it warm?" in question
 
 
+def test_history_turns_default_to_the_aligners_own() -> None:
+    backend = RecordingBackend()
+    node = make_aligner_node(runnable(backend, history_turns=2))
+    messages = [
+        HumanMessage("I live in Paris."),
+        AIMessage("Nice.", id="a1"),
+        HumanMessage("Warm?"),
+        AIMessage("Yes."),
+    ]
+    node.invoke({"messages": messages})
+    (question,) = backend.questions
+    assert "I live in Paris." in question and question.endswith("Warm?")
+
+
 def test_no_update_for_tool_calls_empty_text_non_ai_and_skip() -> None:
     backend = RecordingBackend()
     node = make_aligner_node(runnable(backend), skip=lambda m: "secret" in m.text)
