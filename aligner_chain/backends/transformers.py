@@ -231,6 +231,7 @@ class TransformersBackend(AlignerBackend):
         self._model: Any = None
         self._tokenizer: Any = None
         self._resolved_device: str | None = None
+        self._resolved_dtype: torch.dtype | None = None
         self._eos_ids: frozenset[int] = frozenset()
         self._pad_id = 0
         self._context: int | None = None
@@ -264,6 +265,21 @@ class TransformersBackend(AlignerBackend):
         return self._resolved_device
 
     @property
+    def resolved_dtype(self) -> torch.dtype | None:
+        """The dtype the model was loaded in (``None`` before loading)."""
+        return self._resolved_dtype
+
+    @property
+    def loaded_model(self) -> Any:
+        """The loaded ``PreTrainedModel`` (adapter merged in), or ``None`` before loading."""
+        return self._model
+
+    @property
+    def queue_depth(self) -> int:
+        """Calls waiting for the worker that it has not picked up yet."""
+        return self._queue.qsize()
+
+    @property
     def context_length(self) -> int | None:
         """The model's context in tokens (``None`` before loading, or when the model has no limit)."""
         return self._context
@@ -291,7 +307,6 @@ class TransformersBackend(AlignerBackend):
                 ) from err
 
     def _load(self) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = resolve_device(self.device)
@@ -333,7 +348,7 @@ class TransformersBackend(AlignerBackend):
         self._context = _context_length(model.config, tokenizer)
         self._tokenizer = tokenizer
         self._resolved_device = device
-        torch.manual_seed(0)  # sampling (when asked for) is reproducible per backend
+        self._resolved_dtype = dtype
         self._model = model
         logger.info("loaded Aligner %s on %s (%s), context %s", self.model_name, device, dtype, self._context)
 

@@ -118,7 +118,7 @@ def test_normalize_history_accepts_messages_and_pairs() -> None:
     with pytest.raises(ValueError, match="role"):
         normalize_history([("system", "x")])
     with pytest.raises(TypeError, match="history"):
-        normalize_history("not a list")  # type: ignore[arg-type]
+        normalize_history("not a list")
     with pytest.raises(TypeError, match="pairs"):
         normalize_history([42])  # type: ignore[list-item]
 
