@@ -1,0 +1,225 @@
+"""``aligner-chain train``, ``bootstrap`` and ``eval`` end to end through the CLI, nothing mocked.
+
+The task of ``test_bootstrap.py`` (45 questions, an upstream fine-tuned to answer each one with a
+wrong value and a rude remark) meets a tiny Aligner trained with ``aligner-chain train`` on
+(question, flawed answer, right answer) rows. ``aligner-chain bootstrap`` then runs two DPO rounds
+(round 2 answered by round 1's model), an SFT run is killed twice in the middle and resumed, and
+``aligner-chain eval`` judges the collected pairs with a scripted judge behind a real local
+OpenAI-compatible HTTP server, whose omega is known exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import BaseMessage, HumanMessage
+
+from aligner_chain.cli import main
+from tests.integration.test_bootstrap import RUDE, Task, build_task
+from training.bootstrap import MANIFEST_FILE
+from training.collect import ANSWERS_FILE, DONE_FILE, PREFERENCES_FILE, SFT_FILE
+from training.local_upstream import LocalUpstream
+
+#: Upstream answers are at most 17 tokens; corrections at most 12.
+UPSTREAM_TOKENS = "24"
+ALIGNER_TOKENS = "32"
+#: The outcome of a collected prompt in ``done.jsonl``; they must add up to the round's prompts.
+OUTCOMES = ("written", "unchanged", "failed", "skipped", "upstream_errors")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """A tiny model on a busy 2-core machine trains about ten times faster on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> Task:
+    return build_task(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def aligner_dir(task: Task, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Aligner trained through ``aligner-chain train`` on the upstream's flawed answers."""
+    root = tmp_path_factory.mktemp("aligner")
+    data = root / "train.jsonl"
+    rows = [{"question": q, "answer": task.flawed[q], "correction": task.right[q]} for q in task.questions]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = root / "model"
+    argv = ["train", "--config", "tiny-cpu", "--data", str(data), "--base-model", str(task.base_dir)]
+    argv += ["--output-dir", str(out), "--epochs", "20", "--logging-steps", "1000", "--no-progress"]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompts_file(task: Task, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text(
+        "".join(json.dumps({"question": q, "id": i}) + "\n" for i, q in enumerate(task.questions))
+    )
+    return path
+
+
+@dataclass
+class UpstreamSpy:
+    """Records every question an upstream model generated an answer for, per model directory;
+    ``crash_after`` makes generation raise ``crash`` once that many answers were generated."""
+
+    crash_after: int | None = None
+    crash: type[BaseException] = KeyboardInterrupt
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    crashed: bool = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[UpstreamSpy]:
+        real = LocalUpstream._generate_batch
+
+        def spy(upstream: LocalUpstream, batch: list[list[BaseMessage]]) -> list[str]:
+            questions = [str([m for m in ms if isinstance(m, HumanMessage)][-1].text) for ms in batch]
+            if self.crash_after is not None and (
+                self.crashed or len(self.calls) + len(questions) > self.crash_after
+            ):
+                self.crashed = True  # a dead process answers nothing more
+                raise self.crash()
+            answers = real(upstream, batch)
+            self.calls.extend((upstream.model, q) for q in questions)
+            return answers
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(LocalUpstream, "_generate_batch", spy)
+            yield self
+
+    def questions(self, model: str | Path | None = None) -> list[str]:
+        return [q for m, q in self.calls if model is None or m == str(model)]
+
+
+def bootstrap_argv(task: Task, aligner: Path, prompts: Path, out: Path, method: str) -> list[str]:
+    argv = ["bootstrap", "--prompts", str(prompts), "--upstream", str(task.upstream_dir)]
+    argv += ["--aligner", str(aligner), "--output-dir", str(out), "--method", method, "--rounds", "2"]
+    argv += ["--max-new-tokens", UPSTREAM_TOKENS, "--aligner-max-new-tokens", ALIGNER_TOKENS]
+    argv += ["--device", "cpu", "--learning-rate", "2e-3", "--epochs", "3", "--batch-size", "8"]
+    return [*argv, "--eval-fraction", "0.2", "--max-concurrency", "2", "--no-progress"]
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@dataclass(frozen=True)
+class Run:
+    out: Path
+    spy: UpstreamSpy
+    stdout: str
+
+
+@pytest.fixture(scope="module")
+def dpo_run(
+    task: Task, aligner_dir: Path, prompts_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Run:
+    out = tmp_path_factory.mktemp("boot-dpo")
+    stdout = io.StringIO()
+    with UpstreamSpy().installed() as spy, contextlib.redirect_stdout(stdout):
+        assert main(bootstrap_argv(task, aligner_dir, prompts_file, out, "dpo")) == 0
+    print(stdout.getvalue())
+    return Run(out, spy, stdout.getvalue())
+
+
+def _check_round(round_dir: Path, k: int, upstream: str, aligner: Path) -> dict[str, Any]:
+    """One round's directory and manifest are whole and consistent; returns the manifest."""
+    manifest = json.loads((round_dir / MANIFEST_FILE).read_text())
+    assert manifest["round"] == k and manifest["status"] == "complete"
+    inputs = manifest["inputs"]
+    assert inputs["upstream"] == upstream and inputs["aligner"] == str(aligner)
+    assert inputs["method"] == "dpo" and inputs["eval_fraction"] == 0.2
+    assert inputs["train_options"]["learning_rate"] == 2e-3
+    assert manifest["outputs"] == {
+        "preferences": str(round_dir / PREFERENCES_FILE),
+        "sft": str(round_dir / SFT_FILE),
+        "model": str(round_dir / "model"),
+    }
+    assert (round_dir / "model" / "model.safetensors").is_file()
+    assert not (round_dir / "model" / "adapter_config.json").exists()  # merged: plain weights
+
+    counts = manifest["counts"]
+    done = _jsonl(round_dir / DONE_FILE)
+    statuses = Counter(r["status"] for r in done)
+    assert sum(counts[k2] for k2 in OUTCOMES) == inputs["n_prompts"] == counts["total"] == len(done)
+    assert {s: counts[s] for s in statuses} == dict(statuses)
+    assert len({r["question"] for r in done}) == len(done)  # every prompt exactly once
+
+    prefs, sft = _jsonl(round_dir / PREFERENCES_FILE), _jsonl(round_dir / SFT_FILE)
+    assert len(prefs) == len(sft) == counts["written"] == counts["rows"]
+    for pref, row in zip(prefs, sft, strict=True):
+        assert set(pref) == {"prompt", "chosen", "rejected"} and set(row) == {"prompt", "completion"}
+        assert all(isinstance(v, str) and v for v in (*pref.values(), *row.values()))
+        assert pref["chosen"] != pref["rejected"]
+        assert row == {"prompt": pref["prompt"], "completion": pref["chosen"]}
+
+    metrics = manifest["metrics"]
+    assert metrics["training"]["global_step"] > 0 and metrics["training"]["train_loss"] is not None
+    assert metrics["held_out_pairs"] >= 1
+    assert isinstance(metrics["margin_before"], float) and isinstance(metrics["margin_after"], float)
+    return manifest
+
+
+def test_cli_bootstraps_two_dpo_rounds_with_a_trained_aligner(
+    task: Task, aligner_dir: Path, dpo_run: Run
+) -> None:
+    out = dpo_run.out
+    assert sorted(p.name for p in out.iterdir()) == ["bootstrap.json", "round-1", "round-2"]
+    first = _check_round(out / "round-1", 1, str(task.upstream_dir), aligner_dir)
+    second = _check_round(out / "round-2", 2, str(out / "round-1" / "model"), aligner_dir)
+    summary = json.loads((out / "bootstrap.json").read_text())
+    assert summary["final_model"] == str(out / "round-2" / "model")
+    assert [m["round"] for m in summary["rounds"]] == [1, 2]
+
+    # The rounds split the prompts: disjoint shares, together every prompt once.
+    shares = [{r["question"] for r in _jsonl(out / f"round-{k}" / DONE_FILE)} for k in (1, 2)]
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == set(task.questions)
+    assert first["inputs"]["n_prompts"] + second["inputs"]["n_prompts"] == len(task.questions)
+
+    # Round 1: the flawed upstream's answers, which the trained Aligner changes: most pairs written.
+    prefs = _jsonl(out / "round-1" / PREFERENCES_FILE)
+    assert all(p["rejected"] == task.flawed[p["prompt"]] for p in prefs)
+    exact = sum(p["chosen"] == task.right[p["prompt"]] for p in prefs)
+    print(
+        f"round 1: {first['counts']}; {exact} of {len(prefs)} corrections exactly right; "
+        f"margins {first['metrics']['margin_before']:.1f} -> {first['metrics']['margin_after']:.1f}"
+    )
+    print(f"round 2: {second['counts']}")
+    assert first["counts"]["written"] >= 0.8 * first["inputs"]["n_prompts"]
+    assert first["metrics"]["margin_after"] > first["metrics"]["margin_before"]
+    assert "| 1 | " in dpo_run.stdout and "| 2 | " in dpo_run.stdout
+    assert f"final model: {out / 'round-2' / 'model'}" in dpo_run.stdout
+
+
+def test_round_two_is_answered_by_round_one_model(task: Task, dpo_run: Run) -> None:
+    out, spy = dpo_run.out, dpo_run.spy
+    shares = [[r["question"] for r in _jsonl(out / f"round-{k}" / DONE_FILE)] for k in (1, 2)]
+    # Each prompt was answered exactly once, round 1's by the starting upstream, round 2's by round 1's model.
+    assert sorted(spy.questions(task.upstream_dir)) == sorted(shares[0])
+    assert sorted(spy.questions(out / "round-1" / "model")) == sorted(shares[1])
+    assert len(spy.calls) == len(task.questions)
+    answers = {r["question"]: r["answer"] for r in _jsonl(out / "round-2" / ANSWERS_FILE)}
+    again = LocalUpstream(model=str(out / "round-1" / "model"), max_new_tokens=int(UPSTREAM_TOKENS))
+    assert again.answer_batch(shares[1]) == [answers[q] for q in shares[1]]
+    changed = sum(answers[q] != task.flawed[q] for q in shares[1])
+    rude = sum(RUDE.strip() in answers[q] for q in shares[1])
+    print(f"round 2: {changed} of {len(shares[1])} answers differ from the flawed ones; {rude} rude")
+    # Round 1's DPO moved the upstream on prompts it never trained on: the starting upstream ends
+    # every answer rudely; round 1's model answers them without the remark.
+    assert changed == len(shares[1]) and rude <= len(shares[1]) // 4
