@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from training.collect import (
     _as_aligner,
     answer_text,
     collect_preferences,
+    iter_done,
     load_prompts,
 )
 from training.resumable import stable_key
@@ -218,7 +220,7 @@ def run_bootstrap(
                 "sft": str(round_dir / SFT_FILE),
                 "model": str(model_dir),
             },
-            counts={k2: v for k2, v in counts.items() if k2 not in ("output_dir", "seconds")},
+            counts=_round_counts(round_dir, counts),
             metrics=metrics,
             timings={
                 "collect_s": round(collect_s, 2),
@@ -232,6 +234,16 @@ def run_bootstrap(
     summary = {"rounds": manifests, "final_model": current}
     (out / "bootstrap.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _round_counts(round_dir: Path, last_run: Mapping[str, Any]) -> dict[str, Any]:
+    """The round's counts: outcomes over every run (from the done-log, so a resumed round still
+    adds up to its prompts), the other figures (``done_before``, ``answers_reused``, ...) of the
+    last run."""
+    totals = Counter(str(r.get("status")) for r in iter_done(round_dir))
+    counts = {k: v for k, v in last_run.items() if k not in ("output_dir", "seconds")}
+    counts.update({status: totals[status] for status in ("written", "unchanged", "failed", "skipped")})
+    return counts
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -14,7 +14,7 @@ import contextlib
 import io
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +22,22 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage, HumanMessage
 
+from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
 from aligner_chain.cli import main
 from tests.integration.test_bootstrap import RUDE, Task, build_task
 from training.bootstrap import MANIFEST_FILE
 from training.collect import ANSWERS_FILE, DONE_FILE, PREFERENCES_FILE, SFT_FILE
 from training.local_upstream import LocalUpstream
+from training.resumable import JsonlLog
 
 #: Upstream answers are at most 17 tokens; corrections at most 12.
 UPSTREAM_TOKENS = "24"
 ALIGNER_TOKENS = "32"
 #: The outcome of a collected prompt in ``done.jsonl``; they must add up to the round's prompts.
 OUTCOMES = ("written", "unchanged", "failed", "skipped", "upstream_errors")
+
+#: The module's shared fixtures train an upstream, an Aligner and two rounds: about 25 s.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,9 +82,11 @@ def prompts_file(task: Task, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @dataclass
 class UpstreamSpy:
     """Records every question an upstream model generated an answer for, per model directory;
-    ``crash_after`` makes generation raise ``crash`` once that many answers were generated."""
+    ``crash_after`` makes the model ``crash_on`` raise ``crash`` instead of generating once that
+    many of its answers were generated (and from then on, like a dead process)."""
 
     crash_after: int | None = None
+    crash_on: str | None = None
     crash: type[BaseException] = KeyboardInterrupt
     calls: list[tuple[str, str]] = field(default_factory=list)
     crashed: bool = False
@@ -90,8 +97,8 @@ class UpstreamSpy:
 
         def spy(upstream: LocalUpstream, batch: list[list[BaseMessage]]) -> list[str]:
             questions = [str([m for m in ms if isinstance(m, HumanMessage)][-1].text) for ms in batch]
-            if self.crash_after is not None and (
-                self.crashed or len(self.calls) + len(questions) > self.crash_after
+            if upstream.model == self.crash_on and (
+                self.crashed or len(self.questions(upstream.model)) + len(questions) > (self.crash_after or 0)
             ):
                 self.crashed = True  # a dead process answers nothing more
                 raise self.crash()
@@ -105,6 +112,50 @@ class UpstreamSpy:
 
     def questions(self, model: str | Path | None = None) -> list[str]:
         return [q for m, q in self.calls if model is None or m == str(model)]
+
+
+@dataclass
+class AlignerSpy:
+    """Records the questions each ``TransformersBackend.correct`` call corrected."""
+
+    calls: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[AlignerSpy]:
+        from aligner_chain.backends.transformers import TransformersBackend
+
+        real = TransformersBackend.correct
+
+        def spy(
+            backend: TransformersBackend, requests: Sequence[CorrectionRequest]
+        ) -> list[CorrectionResult]:
+            results = real(backend, requests)
+            self.calls.extend(r.question for r in requests)
+            return results
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(TransformersBackend, "correct", spy)
+            yield self
+
+
+@contextlib.contextmanager
+def killed_between_writes(round_dir: Path, after: int) -> Iterator[None]:
+    """``SystemExit`` when a ``round_dir`` preference row is appended for the ``after + 1``-th time:
+    its done-log record is on disk, the preference and SFT rows are not (a kill between the writes)."""
+    real = JsonlLog.append
+    appended = 0
+
+    def append(log: JsonlLog, record: dict[str, Any]) -> None:
+        nonlocal appended
+        if log.path == round_dir / PREFERENCES_FILE:
+            appended += 1
+            if appended > after:
+                raise SystemExit(137)
+        real(log, record)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(JsonlLog, "append", append)
+        yield
 
 
 def bootstrap_argv(task: Task, aligner: Path, prompts: Path, out: Path, method: str) -> list[str]:
@@ -223,3 +274,81 @@ def test_round_two_is_answered_by_round_one_model(task: Task, dpo_run: Run) -> N
     # Round 1's DPO moved the upstream on prompts it never trained on: the starting upstream ends
     # every answer rudely; round 1's model answers them without the remark.
     assert changed == len(shares[1]) and rude <= len(shares[1]) // 4
+
+
+def test_cli_bootstrap_killed_twice_resumes_without_loss_or_duplicates(
+    task: Task, aligner_dir: Path, prompts_file: Path, tmp_path: Path
+) -> None:
+    """Run 1 is interrupted by its upstream (Ctrl-C) in round 2 after a few answers; run 2 dies
+    (``SystemExit``) between the done-log and the preference file; run 3 finishes. Every prompt is
+    answered once, corrected once and written once; round 1 is neither re-answered nor retrained."""
+    argv = bootstrap_argv(task, aligner_dir, prompts_file, tmp_path, "sft")
+    round1, round2 = tmp_path / "round-1", tmp_path / "round-2"
+    model1 = str(round1 / "model")
+
+    # Run 1: round 1 completes; round 2's upstream (round 1's model) dies after 5 answers.
+    with UpstreamSpy(crash_after=5, crash_on=model1).installed() as run1, AlignerSpy().installed() as fix1:
+        assert main(argv) == 130  # KeyboardInterrupt: "aligner-chain: interrupted"
+    manifest1 = (round1 / MANIFEST_FILE).read_text()
+    weights = (round1 / "model" / "model.safetensors").stat().st_mtime_ns
+    assert json.loads(manifest1)["status"] == "complete"
+    assert json.loads((round2 / MANIFEST_FILE).read_text())["status"] == "running"
+    share1 = {r["question"] for r in _jsonl(round1 / DONE_FILE)}
+    asked1 = run1.questions(model1)
+    assert 1 <= len(asked1) <= 5
+    # Every answer paid for is saved; nothing is corrected or written for round 2 yet.
+    assert sorted(r["question"] for r in _jsonl(round2 / ANSWERS_FILE)) == sorted(asked1)
+    assert not (round2 / DONE_FILE).exists() and not (round2 / PREFERENCES_FILE).read_text()
+    assert sorted(fix1.calls) == sorted(share1)
+
+    # Run 2: the rest of round 2 is answered; the process dies after 3 rows hit the done-log whole
+    # and a 4th only the done-log.
+    with (
+        UpstreamSpy().installed() as run2,
+        AlignerSpy().installed() as fix2,
+        killed_between_writes(round2, after=3),
+        pytest.raises(SystemExit),
+    ):
+        main(argv)
+    asked2 = run2.questions()
+    assert not set(asked2) & set(asked1) and len(set(asked2)) == len(asked2)
+    assert all(model == model1 for model, _ in run2.calls)  # round 1 was not answered again
+    share2 = set(asked1) | set(asked2)
+    assert sorted(r["question"] for r in _jsonl(round2 / ANSWERS_FILE)) == sorted(share2)
+    assert len(_jsonl(round2 / PREFERENCES_FILE)) == 3
+    done2 = _jsonl(round2 / DONE_FILE)
+    assert sum(r["status"] == "written" for r in done2) == 4  # one row ahead of the preferences
+    assert sorted(fix2.calls) == sorted(share2)
+
+    # Run 3: nothing left to answer; the preferences are rebuilt from the done-log and the prompts
+    # not yet recorded are corrected (their saved answers reused), then round 2 trains.
+    out = io.StringIO()
+    with UpstreamSpy().installed() as run3, AlignerSpy().installed() as fix3, contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    assert run3.calls == []
+    assert sorted(fix3.calls) == sorted(share2 - {r["question"] for r in done2})
+    assert (round1 / MANIFEST_FILE).read_text() == manifest1  # round 1 untouched, not retrained
+    assert (round1 / "model" / "model.safetensors").stat().st_mtime_ns == weights
+    manifest = json.loads((round2 / MANIFEST_FILE).read_text())
+    assert manifest["status"] == "complete" and manifest["inputs"]["upstream"] == model1
+    done = _jsonl(round2 / DONE_FILE)
+    assert sorted(r["question"] for r in done) == sorted(share2)  # each prompt exactly once
+    assert not share1 & share2 and share1 | share2 == set(task.questions)
+    written = [r for r in done if r["status"] == "written"]
+    prefs, sft = _jsonl(round2 / PREFERENCES_FILE), _jsonl(round2 / SFT_FILE)
+    assert sorted(p["prompt"] for p in prefs) == sorted(r["question"] for r in written)
+    assert {p["prompt"]: p["chosen"] for p in prefs} == {r["question"]: r["correction"] for r in written}
+    assert {r["prompt"]: r["completion"] for r in sft} == {p["prompt"]: p["chosen"] for p in prefs}
+    answers = {r["question"]: r["answer"] for r in _jsonl(round2 / ANSWERS_FILE)}
+    assert all(p["rejected"] == answers[p["prompt"]] for p in prefs)
+    # The manifest counts the whole round (every run's outcomes), and this run's resume.
+    counts = manifest["counts"]
+    assert sum(counts[k] for k in OUTCOMES) == manifest["inputs"]["n_prompts"] == len(share2)
+    assert counts["written"] == len(prefs) == counts["rows"]
+    assert counts["done_before"] == len(done2) and counts["answers_reused"] == len(share2) - len(done2)
+    assert f"| 2 | {len(share2)} | {len(prefs)} | " in out.getvalue()
+    assert (round2 / "model" / "model.safetensors").is_file()
+    print(
+        f"crash/resume: round 2 = {len(share2)} prompts, answered {len(asked1)} + {len(asked2)} + 0, "
+        f"corrected {len(fix2.calls)} + {len(fix3.calls)}, {len(prefs)} pairs written"
+    )
