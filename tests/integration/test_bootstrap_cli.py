@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
 from aligner_chain.cli import main
 from tests.integration.test_bootstrap import RUDE, Task, build_task
-from training.bootstrap import MANIFEST_FILE
+from training.bootstrap import MANIFEST_FILE, split_prompts
 from training.collect import ANSWERS_FILE, DONE_FILE, PREFERENCES_FILE, SFT_FILE
 from training.local_upstream import LocalUpstream
 from training.resumable import JsonlLog
@@ -33,6 +36,8 @@ from training.resumable import JsonlLog
 #: Upstream answers are at most 17 tokens; corrections at most 12.
 UPSTREAM_TOKENS = "24"
 ALIGNER_TOKENS = "32"
+#: A blank prompt: recorded as skipped (``empty_prompt``), never sent to the upstream.
+BLANK = "   "
 #: The outcome of a collected prompt in ``done.jsonl``; they must add up to the round's prompts.
 OUTCOMES = ("written", "unchanged", "failed", "skipped", "upstream_errors")
 
@@ -71,12 +76,21 @@ def aligner_dir(task: Task, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prompts_file(task: Task, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def prompts(task: Task) -> list[str]:
+    """The task's questions and a blank one, which every round skips instead of asking."""
+    return [*task.questions, BLANK]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(prompts: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    path.write_text(
-        "".join(json.dumps({"question": q, "id": i}) + "\n" for i, q in enumerate(task.questions))
-    )
+    path.write_text("".join(json.dumps({"question": q, "id": i}) + "\n" for i, q in enumerate(prompts)))
     return path
+
+
+def round_shares(prompts: list[str]) -> list[list[str]]:
+    """Each round's prompts, as ``--rounds 2 --seed 0`` splits them."""
+    return split_prompts(prompts, 2, seed=0)
 
 
 @dataclass
@@ -228,7 +242,7 @@ def _check_round(round_dir: Path, k: int, upstream: str, aligner: Path) -> dict[
 
 
 def test_cli_bootstraps_two_dpo_rounds_with_a_trained_aligner(
-    task: Task, aligner_dir: Path, dpo_run: Run
+    task: Task, aligner_dir: Path, prompts: list[str], dpo_run: Run
 ) -> None:
     out = dpo_run.out
     assert sorted(p.name for p in out.iterdir()) == ["bootstrap.json", "round-1", "round-2"]
@@ -239,9 +253,13 @@ def test_cli_bootstraps_two_dpo_rounds_with_a_trained_aligner(
     assert [m["round"] for m in summary["rounds"]] == [1, 2]
 
     # The rounds split the prompts: disjoint shares, together every prompt once.
-    shares = [{r["question"] for r in _jsonl(out / f"round-{k}" / DONE_FILE)} for k in (1, 2)]
-    assert not shares[0] & shares[1] and shares[0] | shares[1] == set(task.questions)
-    assert first["inputs"]["n_prompts"] + second["inputs"]["n_prompts"] == len(task.questions)
+    shares = [sorted(r["question"] for r in _jsonl(out / f"round-{k}" / DONE_FILE)) for k in (1, 2)]
+    assert shares == [sorted(share) for share in round_shares(prompts)]
+    assert first["inputs"]["n_prompts"] + second["inputs"]["n_prompts"] == len(prompts) == 46
+    # The blank prompt is skipped and counted in its round, never asked.
+    skipped = [r for k in (1, 2) for r in _jsonl(out / f"round-{k}" / DONE_FILE) if r["status"] == "skipped"]
+    assert [(r["question"], r["reason"]) for r in skipped] == [(BLANK, "empty_prompt")]
+    assert first["counts"]["skipped"] + second["counts"]["skipped"] == 1
 
     # Round 1: the flawed upstream's answers, which the trained Aligner changes: most pairs written.
     prefs = _jsonl(out / "round-1" / PREFERENCES_FILE)
@@ -258,9 +276,9 @@ def test_cli_bootstraps_two_dpo_rounds_with_a_trained_aligner(
     assert f"final model: {out / 'round-2' / 'model'}" in dpo_run.stdout
 
 
-def test_round_two_is_answered_by_round_one_model(task: Task, dpo_run: Run) -> None:
+def test_round_two_is_answered_by_round_one_model(task: Task, prompts: list[str], dpo_run: Run) -> None:
     out, spy = dpo_run.out, dpo_run.spy
-    shares = [[r["question"] for r in _jsonl(out / f"round-{k}" / DONE_FILE)] for k in (1, 2)]
+    shares = [[q for q in share if q != BLANK] for share in round_shares(prompts)]
     # Each prompt was answered exactly once, round 1's by the starting upstream, round 2's by round 1's model.
     assert sorted(spy.questions(task.upstream_dir)) == sorted(shares[0])
     assert sorted(spy.questions(out / "round-1" / "model")) == sorted(shares[1])
@@ -277,7 +295,7 @@ def test_round_two_is_answered_by_round_one_model(task: Task, dpo_run: Run) -> N
 
 
 def test_cli_bootstrap_killed_twice_resumes_without_loss_or_duplicates(
-    task: Task, aligner_dir: Path, prompts_file: Path, tmp_path: Path
+    task: Task, aligner_dir: Path, prompts: list[str], prompts_file: Path, tmp_path: Path
 ) -> None:
     """Run 1 is interrupted by its upstream (Ctrl-C) in round 2 after a few answers; run 2 dies
     (``SystemExit``) between the done-log and the preference file; run 3 finishes. Every prompt is
@@ -285,6 +303,8 @@ def test_cli_bootstrap_killed_twice_resumes_without_loss_or_duplicates(
     argv = bootstrap_argv(task, aligner_dir, prompts_file, tmp_path, "sft")
     round1, round2 = tmp_path / "round-1", tmp_path / "round-2"
     model1 = str(round1 / "model")
+    share1, share2 = (set(share) for share in round_shares(prompts))
+    asked = share2 - {BLANK}  # what round 2's upstream must answer, once each
 
     # Run 1: round 1 completes; round 2's upstream (round 1's model) dies after 5 answers.
     with UpstreamSpy(crash_after=5, crash_on=model1).installed() as run1, AlignerSpy().installed() as fix1:
@@ -293,13 +313,14 @@ def test_cli_bootstrap_killed_twice_resumes_without_loss_or_duplicates(
     weights = (round1 / "model" / "model.safetensors").stat().st_mtime_ns
     assert json.loads(manifest1)["status"] == "complete"
     assert json.loads((round2 / MANIFEST_FILE).read_text())["status"] == "running"
-    share1 = {r["question"] for r in _jsonl(round1 / DONE_FILE)}
+    assert {r["question"] for r in _jsonl(round1 / DONE_FILE)} == share1
     asked1 = run1.questions(model1)
     assert 1 <= len(asked1) <= 5
+    assert sorted(run1.questions(task.upstream_dir)) == sorted(share1 - {BLANK})
     # Every answer paid for is saved; nothing is corrected or written for round 2 yet.
     assert sorted(r["question"] for r in _jsonl(round2 / ANSWERS_FILE)) == sorted(asked1)
     assert not (round2 / DONE_FILE).exists() and not (round2 / PREFERENCES_FILE).read_text()
-    assert sorted(fix1.calls) == sorted(share1)
+    assert sorted(fix1.calls) == sorted(share1 - {BLANK})
 
     # Run 2: the rest of round 2 is answered; the process dies after 3 rows hit the done-log whole
     # and a 4th only the done-log.
@@ -311,14 +332,13 @@ def test_cli_bootstrap_killed_twice_resumes_without_loss_or_duplicates(
     ):
         main(argv)
     asked2 = run2.questions()
-    assert not set(asked2) & set(asked1) and len(set(asked2)) == len(asked2)
+    assert sorted(asked1 + asked2) == sorted(asked)  # nothing answered twice, nothing lost
     assert all(model == model1 for model, _ in run2.calls)  # round 1 was not answered again
-    share2 = set(asked1) | set(asked2)
-    assert sorted(r["question"] for r in _jsonl(round2 / ANSWERS_FILE)) == sorted(share2)
+    assert sorted(r["question"] for r in _jsonl(round2 / ANSWERS_FILE)) == sorted(asked)
     assert len(_jsonl(round2 / PREFERENCES_FILE)) == 3
     done2 = _jsonl(round2 / DONE_FILE)
     assert sum(r["status"] == "written" for r in done2) == 4  # one row ahead of the preferences
-    assert sorted(fix2.calls) == sorted(share2)
+    assert sorted(fix2.calls) == sorted(asked)
 
     # Run 3: nothing left to answer; the preferences are rebuilt from the done-log and the prompts
     # not yet recorded are corrected (their saved answers reused), then round 2 trains.
@@ -326,14 +346,14 @@ def test_cli_bootstrap_killed_twice_resumes_without_loss_or_duplicates(
     with UpstreamSpy().installed() as run3, AlignerSpy().installed() as fix3, contextlib.redirect_stdout(out):
         assert main(argv) == 0
     assert run3.calls == []
-    assert sorted(fix3.calls) == sorted(share2 - {r["question"] for r in done2})
+    assert sorted(fix3.calls) == sorted(asked - {r["question"] for r in done2})
     assert (round1 / MANIFEST_FILE).read_text() == manifest1  # round 1 untouched, not retrained
     assert (round1 / "model" / "model.safetensors").stat().st_mtime_ns == weights
     manifest = json.loads((round2 / MANIFEST_FILE).read_text())
     assert manifest["status"] == "complete" and manifest["inputs"]["upstream"] == model1
     done = _jsonl(round2 / DONE_FILE)
     assert sorted(r["question"] for r in done) == sorted(share2)  # each prompt exactly once
-    assert not share1 & share2 and share1 | share2 == set(task.questions)
+    assert not share1 & share2 and share1 | share2 == set(prompts)
     written = [r for r in done if r["status"] == "written"]
     prefs, sft = _jsonl(round2 / PREFERENCES_FILE), _jsonl(round2 / SFT_FILE)
     assert sorted(p["prompt"] for p in prefs) == sorted(r["question"] for r in written)
@@ -345,10 +365,113 @@ def test_cli_bootstrap_killed_twice_resumes_without_loss_or_duplicates(
     counts = manifest["counts"]
     assert sum(counts[k] for k in OUTCOMES) == manifest["inputs"]["n_prompts"] == len(share2)
     assert counts["written"] == len(prefs) == counts["rows"]
-    assert counts["done_before"] == len(done2) and counts["answers_reused"] == len(share2) - len(done2)
+    assert counts["done_before"] == len(done2)
+    assert counts["answers_reused"] == len(asked - {r["question"] for r in done2})
     assert f"| 2 | {len(share2)} | {len(prefs)} | " in out.getvalue()
     assert (round2 / "model" / "model.safetensors").is_file()
     print(
         f"crash/resume: round 2 = {len(share2)} prompts, answered {len(asked1)} + {len(asked2)} + 0, "
         f"corrected {len(fix2.calls)} + {len(fix3.calls)}, {len(prefs)} pairs written"
     )
+
+
+def scripted_verdict(system: str, user: str) -> str:
+    """The scripted judge. helpful: the answer without the rude remark wins, else a tie. harmless:
+    always "[[A]]" (pure position bias, so every parsed pair is a tie), and conflicting verdicts
+    (unparseable) on sums."""
+    question, a, b = re.fullmatch(
+        r"\[User Question\]\n(.*)\n\n\[The Start of Answer A\]\n(.*)\n\[The End of Answer A\]\n\n"
+        r"\[The Start of Answer B\]\n(.*)\n\[The End of Answer B\]",
+        user,
+        flags=re.DOTALL,
+    ).groups()  # type: ignore[union-attr]
+    if "more harmless" in system:
+        return "Answer A is [[A]] or rather [[B]]." if " plus " in question else "Answer A. [[A]]"
+    rude_a, rude_b = RUDE.strip() in a, RUDE.strip() in b
+    return "Answer B is polite. [[B]]" if rude_a > rude_b else "[[A]]" if rude_b > rude_a else "Same. [[C]]"
+
+
+@contextlib.contextmanager
+def judge_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real OpenAI-compatible ``/v1/chat/completions`` endpoint on 127.0.0.1 answering with
+    :func:`scripted_verdict`; yields its base URL and the requests it received."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append({**body, "authorization": self.headers.get("Authorization"), "path": self.path})
+            system, user = (m["content"] for m in body["messages"])
+            choice = {"index": 0, "message": {"role": "assistant", "content": scripted_verdict(system, user)}}
+            raw = json.dumps({"model": body["model"], "choices": [{**choice, "finish_reason": "stop"}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw.encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_eval_judges_the_collected_pairs_with_a_scripted_judge(
+    dpo_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``aligner-chain eval`` on both rounds' pairs (chosen = correction, rejected = original): the
+    scripted judge's wins, ties, losses, unparseable verdicts and omega are known exactly."""
+    data = tmp_path / "pairs.jsonl"
+    rows = [r for k in (1, 2) for r in _jsonl(dpo_run.out / f"round-{k}" / PREFERENCES_FILE)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rude = RUDE.strip()
+    wins = sum(rude in r["rejected"] and rude not in r["chosen"] for r in rows)
+    losses = sum(rude in r["chosen"] and rude not in r["rejected"] for r in rows)
+    sums = sum(" plus " in r["prompt"] for r in rows)
+    assert wins >= 20 and sums >= 5  # round 1's flawed answers lose; round 2's polite ones tie
+
+    out = tmp_path / "eval"
+    monkeypatch.setenv("SCRIPTED_JUDGE_KEY", "sk-local")
+    with judge_server() as (url, received):
+        argv = ["eval", "--data", str(data), "--question-column", "prompt", "--original-column", "rejected"]
+        argv += ["--corrected-column", "chosen", "--judge-base-url", url, "--judge-model", "scripted"]
+        argv += ["--judge-api-key-env", "SCRIPTED_JUDGE_KEY", "--dimensions", "helpful,harmless"]
+        argv += ["--output-dir", str(out), "--max-concurrency", "4", "--no-progress"]
+        assert main(argv) == 0
+        first = len(received)
+        report_md = (out / "report.md").read_text()
+        assert main(argv) == 0  # again: every verdict comes from judge_cache.jsonl
+    # Each pair in both orders per dimension, identical pairs asked once; nothing asked twice.
+    assert first == 2 * 2 * len({(r["prompt"], r["chosen"], r["rejected"]) for r in rows})
+    assert len(received) == first
+    assert all(r["path"] == "/v1/chat/completions" and r["model"] == "scripted" for r in received)
+    assert {r["authorization"] for r in received} == {"Bearer sk-local"}
+
+    report = json.loads((out / "report.json").read_text())
+    helpful, harmless = report["results"]["helpful"], report["results"]["harmless"]
+    assert (helpful["wins"], helpful["ties"], helpful["losses"], helpful["unparseable"]) == (
+        wins,
+        len(rows) - wins - losses,
+        losses,
+        0,
+    )
+    assert helpful["omega"] == pytest.approx((wins - losses) / len(rows))
+    assert (harmless["wins"], harmless["ties"], harmless["losses"]) == (0, len(rows) - sums, 0)
+    assert harmless["unparseable"] == sums and harmless["omega"] == 0.0
+    assert report["meta"]["rows"] == len(rows) and report["meta"]["dimensions"] == ["helpful", "harmless"]
+    markdown = (out / "report.md").read_text()
+    assert markdown == report_md  # the cached rerun reports the same
+    omega = f"{100 * helpful['omega']:+.1f}"
+    assert f"| helpful | {wins} | {len(rows) - wins - losses} | {losses} | 0 | {omega} |" in markdown
+    assert f"| harmless | 0 | {len(rows) - sums} | 0 | {sums} | +0.0 |" in markdown
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((out / "judge_cache.jsonl").read_text().splitlines()) == first
+    assert markdown in capsys.readouterr().out
+    print(f"eval: {len(rows)} pairs, helpful {wins}/{len(rows) - wins - losses}/{losses}, {sums} unparseable")
