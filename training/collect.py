@@ -217,7 +217,11 @@ def collect_preferences(
         output = call_with_retries(
             lambda: upstream.invoke(value), retries=retries, wait_seconds=retry_wait, retry_on=retry_on
         )
-        return answer_text(output)
+        answer = answer_text(output)
+        # Saved here, in the worker, the moment it is paid for: an interrupt (Ctrl-C) in the main
+        # thread still lets the calls in flight finish, and their answers must not be lost.
+        answers_log.append({"key": item[0], "question": item[1], "answer": answer})
+        return answer
 
     fatal: BaseException | None = None
     try:
@@ -230,8 +234,7 @@ def collect_preferences(
                 ask, to_ask, max_concurrency=max_concurrency, stop=stop
             ):
                 if error is None and answer is not None:
-                    answers_log.append({"key": key, "question": question, "answer": answer})
-                    answers[key] = answer
+                    answers[key] = answer  # already in answers.jsonl (see ask)
                 elif is_transient_error(error, retry_on) or on_upstream_error == "skip":  # type: ignore[arg-type]
                     logger.warning("upstream failed for %r after retries: %r", question[:80], error)
                     counts["upstream_errors"] += 1

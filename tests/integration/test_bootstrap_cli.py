@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import re
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -95,13 +96,17 @@ def round_shares(prompts: list[str]) -> list[list[str]]:
 
 @dataclass
 class UpstreamSpy:
-    """Records every question an upstream model generated an answer for, per model directory;
+    """Records every question an upstream model generated an answer for, per model directory.
+
     ``crash_after`` makes the model ``crash_on`` raise ``crash`` instead of generating once that
-    many of its answers were generated (and from then on, like a dead process)."""
+    many of its answers were generated (and from then on, like a dead process). ``ctrl_c_after``
+    instead sends SIGINT to the main thread once that many were generated, as Ctrl-C does, and
+    goes on answering what is already asked."""
 
     crash_after: int | None = None
     crash_on: str | None = None
     crash: type[BaseException] = KeyboardInterrupt
+    ctrl_c_after: int | None = None
     calls: list[tuple[str, str]] = field(default_factory=list)
     crashed: bool = False
 
@@ -111,13 +116,23 @@ class UpstreamSpy:
 
         def spy(upstream: LocalUpstream, batch: list[list[BaseMessage]]) -> list[str]:
             questions = [str([m for m in ms if isinstance(m, HumanMessage)][-1].text) for ms in batch]
-            if upstream.model == self.crash_on and (
-                self.crashed or len(self.questions(upstream.model)) + len(questions) > (self.crash_after or 0)
+            mine = upstream.model == self.crash_on
+            before = len(self.questions(upstream.model))
+            if (
+                mine
+                and self.crash_after is not None
+                and (self.crashed or before + len(questions) > self.crash_after)
             ):
                 self.crashed = True  # a dead process answers nothing more
                 raise self.crash()
             answers = real(upstream, batch)
             self.calls.extend((upstream.model, q) for q in questions)
+            if (
+                mine
+                and self.ctrl_c_after is not None
+                and before < self.ctrl_c_after <= before + len(questions)
+            ):
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
             return answers
 
         with pytest.MonkeyPatch.context() as patch:
@@ -172,9 +187,12 @@ def killed_between_writes(round_dir: Path, after: int) -> Iterator[None]:
         yield
 
 
-def bootstrap_argv(task: Task, aligner: Path, prompts: Path, out: Path, method: str) -> list[str]:
+def bootstrap_argv(
+    task: Task, aligner: Path, prompts: Path, out: Path, method: str, rounds: int = 2
+) -> list[str]:
     argv = ["bootstrap", "--prompts", str(prompts), "--upstream", str(task.upstream_dir)]
-    argv += ["--aligner", str(aligner), "--output-dir", str(out), "--method", method, "--rounds", "2"]
+    argv += ["--aligner", str(aligner), "--output-dir", str(out), "--method", method]
+    argv += ["--rounds", str(rounds)]
     argv += ["--max-new-tokens", UPSTREAM_TOKENS, "--aligner-max-new-tokens", ALIGNER_TOKENS]
     argv += ["--device", "cpu", "--learning-rate", "2e-3", "--epochs", "3", "--batch-size", "8"]
     return [*argv, "--eval-fraction", "0.2", "--max-concurrency", "2", "--no-progress"]
@@ -475,3 +493,23 @@ def test_cli_eval_judges_the_collected_pairs_with_a_scripted_judge(
     assert len((out / "judge_cache.jsonl").read_text().splitlines()) == first
     assert markdown in capsys.readouterr().out
     print(f"eval: {len(rows)} pairs, helpful {wins}/{len(rows) - wins - losses}/{losses}, {sums} unparseable")
+
+
+def test_cli_bootstrap_ctrl_c_keeps_every_answer_already_generated(
+    task: Task, aligner_dir: Path, prompts: list[str], prompts_file: Path, tmp_path: Path
+) -> None:
+    """A real Ctrl-C (SIGINT in the main thread) while upstream calls are in flight: the calls
+    already running finish, and their answers are saved too, so the rerun pays for none of them."""
+    argv = bootstrap_argv(task, aligner_dir, prompts_file, tmp_path, "sft", rounds=1)
+    upstream = str(task.upstream_dir)
+    with UpstreamSpy(ctrl_c_after=6, crash_on=upstream).installed() as run1:
+        assert main(argv) == 130
+    asked1 = run1.questions(upstream)
+    saved = [r["question"] for r in _jsonl(tmp_path / "round-1" / ANSWERS_FILE)]
+    assert 6 <= len(asked1) < len(prompts) - 1 and sorted(saved) == sorted(asked1)
+    with UpstreamSpy().installed() as run2:
+        assert main(argv) == 0
+    assert sorted(asked1 + run2.questions()) == sorted(set(prompts) - {BLANK})  # each asked once
+    done = _jsonl(tmp_path / "round-1" / DONE_FILE)
+    assert sorted(r["question"] for r in done) == sorted(prompts)
+    print(f"Ctrl-C: {len(asked1)} answered before the interrupt took effect, {len(run2.calls)} after")
