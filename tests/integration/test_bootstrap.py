@@ -4,9 +4,10 @@ The upstream is a tiny Llama fine-tuned to answer the synthetic task's questions
 flawed answer per question, with a wrong value and a rude remark (e.g. "There are 24 centimetres in a
 metre. Figure it out yourself."), served by
 ``LocalUpstream``; the Aligner corrects through ``AlignerRunnable`` (a rule backend that knows the
-right answers, or a tiny trained Aligner through the CLI). Then one DPO round must raise the
-upstream's log-probability margin of chosen over rejected on held-out pairs, one SFT round must make
-it produce the corrections more often, and ``--rounds 2`` must chain the rounds.
+right answers here; a tiny Aligner trained through the CLI in ``test_bootstrap_cli.py``). Then one
+DPO round must raise the upstream's log-probability margin of chosen over rejected on held-out pairs
+and one SFT round must make it produce the corrections more often. ``test_bootstrap_cli.py`` reuses
+:func:`build_task` for ``aligner-chain bootstrap --rounds 2``, crash/resume and ``aligner-chain eval``.
 """
 
 from __future__ import annotations
