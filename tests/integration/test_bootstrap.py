@@ -163,8 +163,8 @@ def test_one_dpo_round_raises_the_margin_on_held_out_pairs(
     after = preference_margins(tmp_path, held)
     print(f"DPO held-out margins: {statistics.mean(before):.2f} -> {statistics.mean(after):.2f}")
     print("per pair:", [round(a - b, 1) for a, b in zip(after, before, strict=True)])
-    # Measured (seeds 0, 1, 2; CPU): mean margin -22.3 -> +35.5, -20.4 -> +14.4, -15.7 -> +24.7 nats;
-    # every held-out pair up by at least 26 nats, 25 LoRA steps.
+    # Measured (seeds 0, 1, 2; CPU): mean margin -24.1 -> +32.6, -23.6 -> +13.6, -18.7 -> +17.3 nats;
+    # every held-out pair up by at least 30 nats, 25 LoRA steps.
     assert result.method == "dpo" and result.lora and result.merged and result.global_step == 25
     assert statistics.mean(before) < 0 < statistics.mean(after)
     assert all(a > b + 5.0 for a, b in zip(after, before, strict=True))
@@ -199,6 +199,7 @@ def test_one_sft_round_produces_the_corrections_more_often(
         f"{rude_before} -> {rude_after} of {len(held_q)}; held-out correction log-prob "
         f"{statistics.mean(logp_before):.2f} -> {statistics.mean(logp_after):.2f}"
     )
+    # Measured (seeds 0, 1, 2; CPU): 31, 31 and 22 of 36; no rude held-out answer left.
     assert before == 0 and after >= 15
     assert statistics.mean(logp_after) > statistics.mean(logp_before) + 1.0
 
