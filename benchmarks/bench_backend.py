@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream-runs", type=_positive_int, default=3, help="streams timed per streaming API"
     )
     parser.add_argument(
+        "--overhead-repeats",
+        type=_positive_int,
+        default=5,
+        help="interleaved raw-backend and AlignerRunnable batches timed for the overhead figure",
+    )
+    parser.add_argument(
         "--overhead-calls",
         type=_positive_int,
         default=200,
@@ -144,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_positive_int,
         default=None,
-        help="torch CPU threads (torch.set_num_threads); default: 1 for the built tiny model (too small "
-        "to gain from more, and spin-waiting threads collapse on a busy machine), else torch's choice",
+        help="torch CPU threads (torch.set_num_threads); default: 1 for the built tiny model on CPU (too "
+        "small to gain from more, and spin-waiting threads collapse on a busy machine), else torch's choice",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="passed to from_pretrained")
     parser.add_argument(
@@ -382,6 +388,9 @@ def measure_batches(
     ``correct`` each."""
     calls = max(min_calls, math.ceil(n_requests / batch_size))
     requests = _requests(batch_size)
+    t0 = time.perf_counter()
+    backend.correct(requests)  # warm-up, untimed: a new batch shape can cost seconds once on a GPU
+    warmup = time.perf_counter() - t0
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     tokens0, _, eos0 = counter.snapshot()
@@ -402,6 +411,8 @@ def measure_batches(
         "generated_tokens_per_s": _rate(tokens1 - tokens0, total),
         "rows_ending_in_eos": eos1 - eos0,
         "latency": _latency(latencies),
+        "latencies_ms": [_ms(x) for x in latencies],
+        "warmup_call_ms": _ms(warmup),
         "statuses": statuses,
     }
 
@@ -519,7 +530,7 @@ def measure_streaming(backend: TransformersBackend, runs: int) -> dict[str, Any]
 
 
 def measure_overhead(
-    backend: TransformersBackend, batch_size: int, repeats: int, calls: int
+    backend: TransformersBackend, counter: TokenCounter, batch_size: int, repeats: int, calls: int
 ) -> dict[str, Any]:
     """``AlignerRunnable.batch`` against ``backend.correct`` on the same batch, and the runnable's own
     cost per ``invoke`` with a weight-free backend."""
@@ -532,13 +543,19 @@ def measure_overhead(
     runnable.batch(inputs)  # warm-up, untimed
     raw: list[float] = []
     wrapped: list[float] = []
-    for _ in range(repeats):  # interleaved so drift hits both alike
-        t0 = time.perf_counter()
-        backend.correct(requests)
-        raw.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        runnable.batch(inputs)
-        wrapped.append(time.perf_counter() - t0)
+    raw_tokens = wrapped_tokens = 0
+    for i in range(repeats):  # interleaved, alternating which goes first, so drift hits both alike
+        for which in ("raw", "wrapped") if i % 2 == 0 else ("wrapped", "raw"):
+            tokens0 = counter.snapshot()[0]
+            t0 = time.perf_counter()
+            if which == "raw":
+                backend.correct(requests)
+                raw.append(time.perf_counter() - t0)
+                raw_tokens += counter.snapshot()[0] - tokens0
+            else:
+                runnable.batch(inputs)
+                wrapped.append(time.perf_counter() - t0)
+                wrapped_tokens += counter.snapshot()[0] - tokens0
     raw_p50, wrapped_p50 = percentile(raw, 50), percentile(wrapped, 50)
 
     free = CallableBackend(lambda question, answer: answer.upper(), name="weight-free")
@@ -559,6 +576,9 @@ def measure_overhead(
         "runnable_batch": _latency(wrapped),
         "overhead_ms_per_batch_p50": _ms(wrapped_p50 - raw_p50),
         "overhead_pct_p50": round(100 * (wrapped_p50 - raw_p50) / raw_p50, 2) if raw_p50 > 0 else None,
+        "overhead_ms_per_batch_min": _ms(min(wrapped) - min(raw)),
+        "same_work": raw_tokens == wrapped_tokens,
+        "generated_tokens": {"raw_backend": raw_tokens, "runnable": wrapped_tokens},
         "weight_free_backend_call_ms": _ms(direct),
         "weight_free_runnable_invoke_ms": _ms(invoked),
         "runnable_own_cost_ms_per_invoke": _ms(invoked - direct),
@@ -607,7 +627,7 @@ def run_benchmark(args: argparse.Namespace, model_dir: str | None = None) -> dic
         ]
         concurrency = measure_concurrency(backend, counter, args.requests)
         streaming = measure_streaming(backend, args.stream_runs)
-        overhead = measure_overhead(backend, max_batch, max(3, args.stream_runs), args.overhead_calls)
+        overhead = measure_overhead(backend, counter, max_batch, args.overhead_repeats, args.overhead_calls)
         _, rows, eos_rows = counter.snapshot()
     return {
         "load": loaded,
@@ -633,6 +653,7 @@ def settings_of(args: argparse.Namespace, model_label: str) -> dict[str, Any]:
         "requests": args.requests,
         "min_calls": args.min_calls,
         "stream_runs": args.stream_runs,
+        "overhead_repeats": args.overhead_repeats,
         "overhead_calls": args.overhead_calls,
         "threads": args.threads,
         "decoding": "greedy",
@@ -741,6 +762,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"| AlignerRunnable.batch p50 (ms) | {_fmt(o['runnable_batch']['p50_ms'])} |",
         f"| overhead per batch p50 (ms) | {_fmt(o['overhead_ms_per_batch_p50'], 2)} |",
         f"| overhead per batch p50 (%) | {_fmt(o['overhead_pct_p50'], 2)} |",
+        f"| overhead per batch, fastest of each (ms) | {_fmt(o['overhead_ms_per_batch_min'], 2)} |",
         f"| runnable's own cost per invoke, weight-free backend (ms) | "
         f"{_fmt(o['runnable_own_cost_ms_per_invoke'], 3)} |",
     ]
@@ -762,7 +784,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if args.threads is None and args.model is None:
-        args.threads = 1
+        from aligner_chain.backends.transformers import resolve_device
+
+        if resolve_device(args.device) == "cpu":
+            args.threads = 1
     if args.threads is not None:
         import torch
 

@@ -40,7 +40,18 @@ def test_main_writes_machine_settings_and_every_figure(bench, tiny_model_dir, tm
         "--min-calls",
         "1",
     ]
-    argv += ["--max-new-tokens", "4", "--stream-runs", "1", "--overhead-calls", "5", "--threads", "1"]
+    argv += [
+        "--max-new-tokens",
+        "4",
+        "--stream-runs",
+        "1",
+        "--overhead-calls",
+        "5",
+        "--overhead-repeats",
+        "1",
+        "--threads",
+        "1",
+    ]
     assert bench.main([*argv, "--output", str(output)]) == 0
 
     report = json.loads(output.read_text())
@@ -67,6 +78,7 @@ def test_main_writes_machine_settings_and_every_figure(bench, tiny_model_dir, tm
         assert sum(b["statuses"].values()) == 2
         assert 0 < b["generated_tokens"] <= 2 * 4
         assert {"p50_ms", "p95_ms"} <= b["latency"].keys()
+        assert len(b["latencies_ms"]) == b["settings"]["calls"]
     dynamic = results["dynamic_batching"]
     assert dynamic["settings"]["callers"] == 2
     assert sum(dynamic["concurrent"]["batch_sizes_formed"]) == 2
@@ -76,6 +88,7 @@ def test_main_writes_machine_settings_and_every_figure(bench, tiny_model_dir, tm
     overhead = results["runnable_overhead"]
     assert overhead["settings"]["batch_size"] == 2
     assert "runnable_own_cost_ms_per_invoke" in overhead
+    assert overhead["same_work"] is True  # the runnable sends the backend exactly the raw batch
 
     printed = capsys.readouterr().out
     assert "| batch size |" in printed and "ChatAligner.stream" in printed
