@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_DONE_NAME = "stage_done.json"
 _CHECKPOINTS = "checkpoints"
+_TRAINING_ARGS_PICKLE = "training_args.bin"
 
 
 @dataclass
@@ -258,8 +259,11 @@ def _run_stage(
     result.train_loss = float(output.training_loss)
     result.resumed_from = checkpoint
     trainer.save_model(str(save_to))
-    if trainer.is_world_process_zero() and not final:
-        (save_to / STAGE_DONE_NAME).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        # The Trainer pickles its arguments next to the weights; a published Aligner holds no pickle.
+        (save_to / _TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
+        if not final:
+            (save_to / STAGE_DONE_NAME).write_text(json.dumps(asdict(result), indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()
     return result, trainer
 

@@ -167,6 +167,9 @@ def test_tiny_model_learns_held_out_corrections_through_the_cli(
     assert saved["extra"]["method"] == "full" and saved["extra"]["merged"] is True
     assert [s["name"] for s in saved["extra"]["stages"]] == ["warmup", "residual"]
     assert (learned / "model.safetensors").is_file() and not (learned / "adapter_config.json").exists()
+    # Safetensors only: no pickle (.bin, .pt, .pth) in what inference loads.
+    assert not [p.name for p in learned.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+    assert not list((learned / "checkpoints" / "warmup" / "final").glob("*.bin"))
 
 
 @pytest.mark.slow
@@ -243,7 +246,7 @@ def test_lora_trains_only_adapter_weights(lora_run: LoraRun, base_dir: Path) -> 
 
     output = lora_run.output
     assert (output / "adapter_config.json").is_file() and (output / "adapter_model.safetensors").is_file()
-    assert not (output / "model.safetensors").exists()
+    assert not (output / "model.safetensors").exists() and not (output / "training_args.bin").exists()
     adapter_config = json.loads((output / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(base_dir.resolve())
     assert adapter_config["r"] == 8 and adapter_config["peft_type"] == "LORA"
