@@ -33,6 +33,8 @@ LEARN_EPOCHS = "10"
 # Copying is harder for the tiny model than it looks: 250 warm-up steps copy 57% of the held-out
 # answers, 400 steps 90%.
 WARMUP_STEPS = "400"
+# float32 on every device, so the exact-match and weight checks mean the same on CPU and GPU.
+INFERENCE: dict[str, Any] = {"max_new_tokens": 48, "dtype": "float32"}
 LORA_FLAGS = ("--lora-r", "8", "--max-steps", "40")  # 40 steps: corrections end with EOS
 
 
@@ -80,7 +82,7 @@ def _sha256(path: Path) -> str:
 
 
 def _correct(model_dir: Path, rows: list[CorrectionRow]) -> list[str]:
-    aligner = AlignerRunnable(model=str(model_dir), max_new_tokens=48)
+    aligner = AlignerRunnable(model=str(model_dir), **INFERENCE)
     outputs: list[str] = aligner.batch([{"question": r.question, "answer": r.answer} for r in rows])
     return outputs
 
@@ -176,7 +178,7 @@ def test_tiny_model_learns_held_out_corrections_through_the_cli(
 def test_learned_aligner_reports_corrected_and_unchanged(learned: Path, task: SyntheticTask) -> None:
     wrong = next(r for r in task.held_out if r.answer != r.correction)
     right = next(r for r in task.train if r.answer == r.correction)
-    aligner = AlignerRunnable(model=str(learned), max_new_tokens=48)
+    aligner = AlignerRunnable(model=str(learned), **INFERENCE)
     fixed, kept = aligner.batch(
         [
             {"question": wrong.question, "answer": AIMessage(wrong.answer, id="a1")},
@@ -280,7 +282,7 @@ def test_saved_adapter_loads_in_the_runnable_on_its_base(
     import torch
     from safetensors.torch import load_file
 
-    aligner = AlignerRunnable(model=str(lora_run.output), max_new_tokens=48)
+    aligner = AlignerRunnable(model=str(lora_run.output), **INFERENCE)
     row = task.held_out[0]
     message = aligner.invoke({"question": row.question, "answer": AIMessage(row.answer)})
     meta = message.response_metadata["aligner"]
@@ -328,7 +330,7 @@ def test_merge_writes_a_full_model_that_loads_without_peft(
     )
 
     row = task.held_out[1]
-    message = AlignerRunnable(model=str(output), max_new_tokens=48).invoke(
+    message = AlignerRunnable(model=str(output), **INFERENCE).invoke(
         {"question": row.question, "answer": AIMessage(row.answer)}
     )
     assert message.response_metadata["aligner"]["status"] in {"corrected", "unchanged"}
@@ -378,11 +380,12 @@ def test_missing_columns_exit_2_naming_the_file_and_the_columns_found(
     assert _train(data, base_dir, tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert str(data) in err and "columns found: ['prompt', 'answer', 'revision']" in err
-    assert "question" in err and "correction" in err
+    assert "missing column(s) ['question', 'correction']" in err and "--column-map" in err
     assert not (tmp_path / "out" / "aligner_config.json").exists()
-    # The column map fixes it (checked without training: the error moves past the columns).
+    # A column map is applied before the check: only the column it names wrongly is still missing.
     assert _train(data, base_dir, tmp_path / "out", "--column-map", "question=prompt,correction=nope") == 2
-    assert "columns found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "missing column(s) ['nope']" in err and "columns found: ['prompt', 'answer', 'revision']" in err
 
 
 @pytest.mark.parametrize(
@@ -410,7 +413,7 @@ def test_unreadable_data_exits_2_naming_the_file(
 
 
 def test_empty_and_non_string_rows_are_dropped_and_counted(
-    task: SyntheticTask, base_dir: Path, tmp_path: Path
+    task: SyntheticTask, base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = [{"question": r.question, "answer": r.answer, "correction": r.correction} for r in task.train[:8]]
     bad: list[Any] = [
@@ -434,3 +437,4 @@ def test_empty_and_non_string_rows_are_dropped_and_counted(
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("".join(json.dumps(row) + "\n" for row in bad))
     assert _train(only_bad, base_dir, tmp_path / "none") == 2
+    assert "every row was dropped" in capsys.readouterr().err
