@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model",
+        metavar="PATH_OR_HUB_ID",
         default=None,
         help="hub id or local directory of the Aligner; default: build a tiny random Llama on the "
         "synthetic task's corpus into a temporary directory",
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--requests",
+        metavar="N",
         type=_positive_int,
         default=16,
         help="requests per batch-size measurement and concurrent callers in the dynamic-batching test",
