@@ -26,6 +26,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), TINY_CORPUS)
 
 
+@pytest.fixture(scope="session")
+def trained_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Aligner trained through `aligner-chain train` on the synthetic task (the demo's recipe).
+
+    It corrects the task's flawed answers from the question (about 95% exact match on held-out
+    combinations); train.jsonl and the base model lie next to it. About 45 s on 2 cores, once per run.
+    """
+    from aligner_chain.cli import main as cli
+    from training.synthetic import make_synthetic_task, write_jsonl
+    from training.tiny_model import build_tiny_model
+
+    out = tmp_path_factory.mktemp("trained-aligner")
+    task = make_synthetic_task()
+    data = write_jsonl(task.train, out / "train.jsonl")
+    base = build_tiny_model(out / "base", task.corpus())
+    command = ["train", "--config", "tiny-cpu", "--data", str(data), "--base-model", str(base)]
+    assert cli([*command, "--output-dir", str(out / "aligner"), "--no-progress"]) == 0
+    return out / "aligner"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
         import torch
