@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"2-3. reusing the Aligner in {aligner_dir}")
     else:
         print("2-3. building a tiny base model and training an Aligner on it (CPU, a few minutes)")
-        aligner_dir = train(args.output_dir, task.train, task.corpus(), args.epochs)
+        aligner_dir = train(args.output_dir, task.train, task.corpus(template="aligner-v1"), args.epochs)
     trained = time.perf_counter()
 
     held_out = task.held_out

@@ -40,7 +40,7 @@ def trained_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("trained-aligner")
     task = make_synthetic_task()
     data = write_jsonl(task.train, out / "train.jsonl")
-    base = build_tiny_model(out / "base", task.corpus())
+    base = build_tiny_model(out / "base", task.corpus(template="aligner-v1"))
     command = ["train", "--config", "tiny-cpu", "--data", str(data), "--base-model", str(base)]
     assert cli([*command, "--output-dir", str(out / "aligner"), "--no-progress"]) == 0
     return out / "aligner"

@@ -22,7 +22,6 @@ from langchain_core.messages import AIMessage
 
 from aligner_chain import AlignerRunnable
 from aligner_chain.cli import main as cli_main
-from aligner_chain.prompts import format_prompt
 from training.data import CorrectionRow
 from training.synthetic import SyntheticTask, make_synthetic_task, write_jsonl
 from training.tiny_model import build_tiny_model
@@ -117,7 +116,7 @@ def small_file(task: SyntheticTask, workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def base_dir(task: SyntheticTask, workdir: Path) -> Path:
-    corpus = task.corpus() + [format_prompt(r.question, r.answer) + " " + r.correction for r in task.train]
+    corpus = task.corpus(template="aligner-v1")
     return build_tiny_model(workdir / "base", corpus)
 
 
