@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = train_aligner_with_result(config)
-    except ValueError as err:
+    except (ValueError, ImportError) as err:  # bad data, or --qlora without bitsandbytes
         print(f"aligner-chain train: error: {err}", file=sys.stderr)
         return 2
     for stage in result.stages:

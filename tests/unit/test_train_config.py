@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +168,16 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in ["--learning-rate", "--batch-size", "--max-length", "--lora-r", "--full", "--merge"]:
         assert flag in out
     assert "--resume" in out and "--config" in out and "accelerate launch" in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_qlora_without_bitsandbytes_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aligner_chain.cli import main
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"question": "q", "answer": "a", "correction": "c"}\n')
+    command = ["train", "--data", str(data), "--base-model", str(tmp_path), "--qlora"]
+    assert main([*command, "--output-dir", str(tmp_path / "out")]) == 2
+    assert "pip install bitsandbytes" in capsys.readouterr().err
