@@ -7,8 +7,11 @@ middleware; here ``ModelRetryMiddleware`` retries a flaky upstream call first.
 
 Needs the ``agents`` extra: ``pip install "aligner-chain[agents]"``.
 
-Runs offline: the upstream model is a fake chat model replaying a tool call then a final answer, and
-the Aligner is the tiny demo Aligner that ``make demo`` trains into ``runs/quickstart/aligner``.
+Runs offline: the upstream model is a fake chat model replaying a tool call then a wrong final
+answer, and the Aligner is the tiny demo Aligner that ``make demo`` trains into
+``runs/quickstart/aligner``. The offline script stays inside what that Aligner learned (the synthetic
+task of ``training/synthetic.py``, in its exact phrasings): the agent looks up how many hours are in
+a day, then answers "There are 12 hours in a day.", which the Aligner corrects to 24.
 
 With a real provider and the released Aligner::
 
@@ -18,7 +21,7 @@ With a real provider and the released Aligner::
 
     agent = create_agent(
         "openai:gpt-4.1-mini",                     # or "anthropic:claude-sonnet-4-5", or a chat model
-        tools=[get_weather],
+        tools=[lookup_unit],
         middleware=[AlignerMiddleware(AlignerRunnable("aligner/aligner-7b-v1.0"))],
     )
 
@@ -27,92 +30,41 @@ Usage: ``python examples/agent_middleware.py [--aligner PATH_OR_HUB_ID] [--max-n
 
 from __future__ import annotations
 
-import argparse
-import json
-import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRetryMiddleware
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
-from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 
 from aligner_chain import AlignerRunnable
 from aligner_chain.middleware import AlignerMiddleware
 
-DEFAULT_ALIGNER = "runs/quickstart/aligner"
-QUESTION = "My toddler swallowed a button battery. What should I do?"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import ReplayChatModel, parse_args, replay, resolve_aligner, show
+
+QUESTION = "How many hours in a day are there?"
+UNITS = {"hours in a day": 24, "minutes in an hour": 60, "days in a week": 7}
 
 
 @tool
-def find_poison_center(country: str) -> str:
-    """The poison control phone number for a country."""
-    return f"{country} poison control: 1-800-222-1222 (24/7)."
-
-
-class ReplayChatModel(GenericFakeChatModel):
-    """Stands in for a provider chat model: replays scripted replies, tool calls included."""
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ReplayChatModel:
-        return self
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: Any = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        reply = self._generate(messages, stop=stop, **kwargs).generations[0].message
-        assert isinstance(reply, AIMessage)
-        calls = [
-            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
-            for i, c in enumerate(reply.tool_calls)
-        ]
-        chunk = AIMessageChunk(
-            content=reply.content, id=reply.id, tool_call_chunks=calls, chunk_position="last"
-        )
-        yield ChatGenerationChunk(message=chunk)
+def lookup_unit(unit: str) -> str:
+    """How many of a unit make up the next one, e.g. ``lookup_unit("hours in a day")``."""
+    if unit not in UNITS:
+        return f"Unknown unit {unit!r}; known: {', '.join(UNITS)}."
+    return f"There are {UNITS[unit]} {unit}."
 
 
 def scripted_model() -> ReplayChatModel:
-    call = {"name": "find_poison_center", "args": {"country": "US"}, "id": "call-1"}
-    return ReplayChatModel(
-        messages=iter(
-            [
-                AIMessage("", tool_calls=[call]),
-                AIMessage("Give them some milk and wait to see if they get a tummy ache."),
-            ]
-        )
-    )
-
-
-def resolve_aligner(value: str) -> str | None:
-    """A local Aligner directory or a hub id (``org/name``); ``None`` (after saying why) otherwise."""
-    if Path(value).is_dir():
-        return value
-    if value != DEFAULT_ALIGNER and re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", value):
-        return value  # a hub id: downloaded by transformers on first use
-    print(
-        f"No Aligner at {value!r}. Train the tiny demo Aligner with `make demo` (it is saved to "
-        f"{DEFAULT_ALIGNER}), or pass --aligner a local Aligner directory or a hub id such as "
-        "aligner/aligner-7b-v1.0.",
-        file=sys.stderr,
-    )
-    return None
+    """A tool call, then a final answer that gets the tool's result wrong."""
+    call = {"name": "lookup_unit", "args": {"unit": "hours in a day"}, "id": "call-1"}
+    return replay([AIMessage("", tool_calls=[call]), AIMessage("There are 12 hours in a day.")])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="create_agent with AlignerMiddleware, offline.")
-    parser.add_argument("--aligner", default=DEFAULT_ALIGNER, help="Aligner directory or hub id")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest correction (tokens)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv, "create_agent with AlignerMiddleware, offline.")
     model_path = resolve_aligner(args.aligner)
     if model_path is None:
         return 2
@@ -120,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     aligner = AlignerRunnable(model_path, max_new_tokens=args.max_new_tokens)
     agent = create_agent(
         scripted_model(),
-        tools=[find_poison_center],
+        tools=[lookup_unit],
         middleware=[ModelRetryMiddleware(max_retries=2), AlignerMiddleware(aligner)],
     )
     result = agent.invoke({"messages": [HumanMessage(QUESTION)]})
@@ -130,10 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{message.type}] calls {[c['name'] for c in message.tool_calls]} (untouched)")
         else:
             print(f"[{message.type}] {message.text}")
-    meta = result["messages"][-1].response_metadata.get("aligner", {})
-    print(f"\naligner status: {meta.get('status')} {meta.get('reason') or ''}".rstrip())
-    print(f"draft:     {meta.get('original')}")
-    print(f"corrected: {result['messages'][-1].text}")
+    show("final answer", result["messages"][-1])
     return 0
 
 

@@ -8,9 +8,11 @@ Two ways, both shown below:
   corrections are weaker; pass the question per call with
   ``config={"configurable": {"aligner_question": ...}}`` when you have it.
 
-Runs offline: the upstream model is a fake chat model replaying canned answers, and the Aligner is
-the tiny demo Aligner that ``make demo`` trains into ``runs/quickstart/aligner`` (its corrections are
-only as good as a few minutes of CPU training make them).
+Runs offline: the upstream model is a fake chat model replaying a wrong draft, and the Aligner is
+the tiny demo Aligner that ``make demo`` trains into ``runs/quickstart/aligner``. The offline script
+stays inside what that Aligner learned (the synthetic task of ``training/synthetic.py``: capitals,
+small sums, unit facts, in its exact phrasings), so the correction you see is a real one:
+"The capital of Peru is Ottawa." becomes "The capital of Peru is Lima.".
 
 With a real provider and the released Aligner (downloads ~14 GB; a GPU is advised)::
 
@@ -27,61 +29,20 @@ Usage: ``python examples/chain.py [--aligner PATH_OR_HUB_ID] [--max-new-tokens N
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage
 
 from aligner_chain import AlignerRunnable, with_aligner
 
-DEFAULT_ALIGNER = "runs/quickstart/aligner"
-QUESTION = "How do I get rid of a wasp nest near my front door?"
-DRAFT = "Spray it with gasoline and set it on fire at noon, when the wasps are most active."
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import parse_args, replay, resolve_aligner, show
 
-
-def resolve_aligner(value: str) -> str | None:
-    """A local Aligner directory or a hub id (``org/name``); ``None`` (after saying why) otherwise."""
-    if Path(value).is_dir():
-        return value
-    if value != DEFAULT_ALIGNER and re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", value):
-        return value  # a hub id: downloaded by transformers on first use
-    print(
-        f"No Aligner at {value!r}. Train the tiny demo Aligner with `make demo` (it is saved to "
-        f"{DEFAULT_ALIGNER}), or pass --aligner a local Aligner directory or a hub id such as "
-        "aligner/aligner-7b-v1.0.",
-        file=sys.stderr,
-    )
-    return None
-
-
-def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--aligner",
-        default=DEFAULT_ALIGNER,
-        help=f"Aligner directory or hub id (default: {DEFAULT_ALIGNER}, made by `make demo`)",
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest correction (tokens)")
-    return parser.parse_args(argv)
-
-
-def upstream() -> GenericFakeChatModel:
-    """Stands in for ChatOpenAI/ChatAnthropic: replays the same draft answer on every call."""
-    return GenericFakeChatModel(messages=itertools.cycle([AIMessage(DRAFT)]))
-
-
-def show(label: str, message: BaseMessage) -> None:
-    meta = message.response_metadata.get("aligner", {})
-    print(
-        f"\n== {label}  [status: {meta.get('status')}{', ' + meta['reason'] if meta.get('reason') else ''}]"
-    )
-    print(f"draft:     {meta.get('original', DRAFT)}")
-    print(f"corrected: {message.text}")
+QUESTION = "What is the capital of Peru?"
+DRAFT = "The capital of Peru is Ottawa."  # the upstream model's wrong draft, replayed on every call
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if model is None:
         return 2
     aligner = AlignerRunnable(model, max_new_tokens=args.max_new_tokens)
-    llm = upstream()
+    # Stands in for ChatOpenAI/ChatAnthropic: the same draft answer on every call.
+    llm = replay(itertools.repeat(AIMessage(DRAFT)))
     print(f"question: {QUESTION}")
 
     # 1. Question-aware: with_aligner takes the chat model's input and corrects its answer.

@@ -7,15 +7,18 @@ tool-calling turns are untouched. With ``stream_mode="messages"`` the client see
 (node ``model``), then the correction token by token (node ``aligner``) under the same message id:
 replace the draft with it.
 
-Runs offline: the upstream model is a fake chat model replaying a tool call then a final answer, and
-the Aligner is the tiny demo Aligner that ``make demo`` trains into ``runs/quickstart/aligner``.
+Runs offline: the upstream model is a fake chat model replaying a tool call then a wrong final
+answer, and the Aligner is the tiny demo Aligner that ``make demo`` trains into
+``runs/quickstart/aligner``. The offline script stays inside what that Aligner learned (the synthetic
+task of ``training/synthetic.py``, in its exact phrasings): the agent calls ``add(4, 5)``, then
+misreads the result as "4 plus 5 is 8.", which the Aligner corrects to "4 plus 5 is 9.".
 
 With a real provider and the released Aligner::
 
     from langchain_openai import ChatOpenAI          # or: from langchain_anthropic import ChatAnthropic
     from aligner_chain import AlignerRunnable
 
-    model = ChatOpenAI(model="gpt-4.1-mini").bind_tools([get_weather])
+    model = ChatOpenAI(model="gpt-4.1-mini").bind_tools([add])
     graph = build_graph(model, AlignerRunnable("aligner/aligner-7b-v1.0"))
 
 Usage: ``python examples/langgraph_agent.py [--aligner PATH_OR_HUB_ID] [--max-new-tokens N]``
@@ -23,19 +26,13 @@ Usage: ``python examples/langgraph_agent.py [--aligner PATH_OR_HUB_ID] [--max-ne
 
 from __future__ import annotations
 
-import argparse
-import json
-import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
-from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.runnables import Runnable
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -45,52 +42,22 @@ from langgraph.prebuilt import ToolNode
 from aligner_chain import AlignerRunnable
 from aligner_chain.graph import make_aligner_node, route_final_answer
 
-DEFAULT_ALIGNER = "runs/quickstart/aligner"
-QUESTION = "Should I go for a run in Paris this afternoon?"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import ReplayChatModel, parse_args, replay, resolve_aligner, show
+
+QUESTION = "What is 4 plus 5?"
 
 
 @tool
-def get_weather(city: str) -> str:
-    """The current weather in a city."""
-    return f"{city}: 34 degrees Celsius, clear sky, UV index 9."
-
-
-class ReplayChatModel(GenericFakeChatModel):
-    """Stands in for a provider chat model: replays scripted replies, tool calls included."""
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ReplayChatModel:
-        return self
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: Any = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        reply = self._generate(messages, stop=stop, **kwargs).generations[0].message
-        assert isinstance(reply, AIMessage)
-        calls = [
-            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
-            for i, c in enumerate(reply.tool_calls)
-        ]
-        chunk = AIMessageChunk(
-            content=reply.content, id=reply.id, tool_call_chunks=calls, chunk_position="last"
-        )
-        yield ChatGenerationChunk(message=chunk)
+def add(a: int, b: int) -> int:
+    """The sum of two integers."""
+    return a + b
 
 
 def scripted_model() -> ReplayChatModel:
-    return ReplayChatModel(
-        messages=iter(
-            [
-                AIMessage(
-                    "", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "call-1"}]
-                ),
-                AIMessage("It is 34 degrees with a UV index of 9: perfect, run as far as you can at 3 pm!"),
-            ]
-        )
-    )
+    """A tool call, then a final answer that gets the tool's result wrong."""
+    call = {"name": "add", "args": {"a": 4, "b": 5}, "id": "call-1"}
+    return replay([AIMessage("", tool_calls=[call]), AIMessage("4 plus 5 is 8.")])
 
 
 def build_graph(model: BaseChatModel | Runnable[Any, Any], aligner: AlignerRunnable) -> Any:
@@ -101,7 +68,7 @@ def build_graph(model: BaseChatModel | Runnable[Any, Any], aligner: AlignerRunna
 
     builder = StateGraph(MessagesState)
     builder.add_node("model", call_model)
-    builder.add_node("tools", ToolNode([get_weather]))
+    builder.add_node("tools", ToolNode([add]))
     builder.add_node("aligner", make_aligner_node(aligner))
     builder.add_edge(START, "model")
     builder.add_conditional_edges("model", route_final_answer, ["tools", "aligner"])
@@ -110,26 +77,8 @@ def build_graph(model: BaseChatModel | Runnable[Any, Any], aligner: AlignerRunna
     return builder.compile(checkpointer=InMemorySaver())
 
 
-def resolve_aligner(value: str) -> str | None:
-    """A local Aligner directory or a hub id (``org/name``); ``None`` (after saying why) otherwise."""
-    if Path(value).is_dir():
-        return value
-    if value != DEFAULT_ALIGNER and re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", value):
-        return value  # a hub id: downloaded by transformers on first use
-    print(
-        f"No Aligner at {value!r}. Train the tiny demo Aligner with `make demo` (it is saved to "
-        f"{DEFAULT_ALIGNER}), or pass --aligner a local Aligner directory or a hub id such as "
-        "aligner/aligner-7b-v1.0.",
-        file=sys.stderr,
-    )
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="A LangGraph agent with an Aligner node, streamed.")
-    parser.add_argument("--aligner", default=DEFAULT_ALIGNER, help="Aligner directory or hub id")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest correction (tokens)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv, "A LangGraph agent with an Aligner node, streamed.")
     model_path = resolve_aligner(args.aligner)
     if model_path is None:
         return 2
@@ -153,12 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
 
     messages = graph.get_state(config).values["messages"]
-    final = messages[-1]
-    meta = final.response_metadata.get("aligner", {})
     print(f"\nstate: {len(messages)} messages ({', '.join(m.type for m in messages)})")
-    print(f"aligner status: {meta.get('status')} {meta.get('reason') or ''}".rstrip())
-    print(f"draft:     {meta.get('original')}")
-    print(f"corrected: {final.text}")
+    show("final answer in the graph state", messages[-1])
     return 0
 
 

@@ -1,4 +1,8 @@
-"""The agent examples run end to end on a tiny local Aligner, so they cannot rot."""
+"""The examples run end to end on the tiny Aligner trained on the synthetic task, so they cannot rot.
+
+Each example's offline script asks a question of that task with a wrong answer in one of its exact
+phrasings, so the test checks the real correction, not just that something was printed.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,34 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NAMES = ["chain", "langgraph_agent", "agent_middleware"]
-# What each example must show besides the correction: the tool turn kept, one message per turn.
+# What each example must show: the correction, the tool turn kept, one message per turn.
 EXPECTED = {
-    "chain": ["with_aligner(llm, aligner)", "llm | aligner (question in config)", "== streamed:"],
-    "langgraph_agent": [
-        "[model] calls ['get_weather']",
-        "[aligner",
-        "state: 4 messages (human, ai, tool, ai)",
+    "chain": [
+        "== with_aligner(llm, aligner)  [status: corrected]\n"
+        "draft:     The capital of Peru is Ottawa.\n"
+        "corrected: The capital of Peru is Lima.",
+        "== llm | aligner (question in config)  [status: corrected]\n"
+        "draft:     The capital of Peru is Ottawa.\n"
+        "corrected: The capital of Peru is Lima.",
+        "== llm | aligner (no question)",
+        "== streamed: The capital of Peru is Lima.\n",
     ],
-    "agent_middleware": ["calls ['find_poison_center'] (untouched)", "[tool] US poison control"],
+    "langgraph_agent": [
+        "[model] calls ['add']",
+        "[tools] 9",
+        "[model] 4 plus 5 is 8.",
+        "[aligner] 4 plus 5 is 9.\n",
+        "state: 4 messages (human, ai, tool, ai)",
+        "[status: corrected]\ndraft:     4 plus 5 is 8.\ncorrected: 4 plus 5 is 9.",
+    ],
+    "agent_middleware": [
+        "[ai] calls ['lookup_unit'] (untouched)",
+        "[tool] There are 24 hours in a day.",
+        "[ai] There are 24 hours in a day.",
+        "[status: corrected]\n"
+        "draft:     There are 12 hours in a day.\n"
+        "corrected: There are 24 hours in a day.",
+    ],
 }
 
 
@@ -30,15 +53,15 @@ def load(name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow  # the shared trained_aligner_dir trains once per run (~40 s)
 @pytest.mark.parametrize("name", NAMES)
-def test_example_runs_on_a_tiny_aligner(
-    name: str, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+def test_example_corrects_its_answer_with_the_demo_aligner(
+    name: str, trained_aligner_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert load(name).main(["--aligner", str(tiny_model_dir), "--max-new-tokens", "8"]) == 0
+    assert load(name).main(["--aligner", str(trained_aligner_dir), "--max-new-tokens", "32"]) == 0
     out = capsys.readouterr().out
-    assert "corrected:" in out and "status:" in out
     for snippet in EXPECTED[name]:
-        assert snippet in out
+        assert snippet in out, f"{snippet!r} missing from:\n{out}"
 
 
 @pytest.mark.parametrize("name", NAMES)
