@@ -786,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if args.threads is None and args.model is None:
-        from aligner_chain.backends.transformers import resolve_device
+        from aligner_chain.backends.devices import resolve_device
 
         if resolve_device(args.device) == "cpu":
             args.threads = 1

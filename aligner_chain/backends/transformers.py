@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import queue
-import re
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -22,10 +21,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from aligner_chain.aligner_config import load_aligner_config
 from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult
+from aligner_chain.backends.devices import check_device, check_dtype, resolve_device, resolve_dtype
+from aligner_chain.backends.model_sources import (
+    ModelSources,
+    load_adapter,
+    resolve_sources,
+    template_from_config,
+)
 from aligner_chain.errors import AlignerError, CorrectionFailed
-from aligner_chain.prompts import DEFAULT_TEMPLATE, AlignerTemplate, get_template, parse_correction
+from aligner_chain.prompts import AlignerTemplate, get_template, parse_correction
 from aligner_chain.tokenization import encode_prompt
 
 if TYPE_CHECKING:
@@ -35,85 +40,9 @@ __all__ = ["TransformersBackend", "resolve_device", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
-_DTYPE_NAMES = {
-    "auto": "auto",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-}
 _RESERVED_GENERATION_KWARGS = ("input_ids", "attention_mask", "max_new_tokens", "streamer")
 _SANE_CONTEXT = 10_000_000  # tokenizers without a limit report model_max_length ~ 1e30
 _IDLE_EXIT_S = 60.0  # an idle worker thread exits (and is restarted on the next request)
-
-
-def resolve_device(device: str | Any = "auto") -> str:
-    """The torch device string for ``device``: ``"auto"`` picks CUDA, then MPS, then CPU.
-
-    Raises:
-        ValueError: an unknown device string.
-        AlignerError: the device is not available on this machine.
-    """
-    import torch
-
-    if isinstance(device, torch.device):
-        device = str(device)
-    _check_device(device)
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    kind = device.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise AlignerError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise AlignerError(f"device={device!r} but MPS is not available here; use device='auto' or 'cpu'")
-    return device
-
-
-def resolve_dtype(dtype: str | Any, device: str) -> torch.dtype:
-    """The torch dtype for ``dtype`` on ``device``: ``"auto"`` is bfloat16 on CUDA, float16 on MPS
-    and float32 elsewhere.
-
-    Raises:
-        ValueError: an unknown dtype string.
-    """
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = _check_dtype(dtype)
-    if name == "auto":
-        kind = device.split(":")[0]
-        name = {"cuda": "bfloat16", "mps": "float16"}.get(kind, "float32")
-    result: torch.dtype = getattr(torch, name)
-    return result
-
-
-def _check_device(device: object) -> None:
-    if not isinstance(device, str) or not _DEVICE_PATTERN.match(device):
-        raise ValueError(
-            f"device={device!r} is not supported; use 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N' "
-            "(or a torch.device)"
-        )
-
-
-def _check_dtype(dtype: object) -> str:
-    name = _DTYPE_NAMES.get(dtype.lower()) if isinstance(dtype, str) else None
-    if name is None:
-        raise ValueError(
-            f"dtype={dtype!r} is not supported; use 'auto', 'float32', 'bfloat16' or 'float16' "
-            "(or a torch.dtype)"
-        )
-    return name
 
 
 @dataclass(eq=False)
@@ -140,15 +69,6 @@ class _StreamJob:
 
 _Job = _CorrectJob | _StreamJob
 _STOP = object()
-
-
-@dataclass(frozen=True)
-class _Sources:
-    """Where the base model, the adapter (if any) and the tokenizer come from."""
-
-    base: str
-    adapter: str | None
-    tokenizer: str
 
 
 class TransformersBackend(AlignerBackend):
@@ -200,9 +120,9 @@ class TransformersBackend(AlignerBackend):
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
         if not _is_torch_object(device, "device"):
-            _check_device(device)
+            check_device(device)
         if not _is_torch_object(dtype, "dtype"):
-            _check_dtype(dtype)
+            check_dtype(dtype)
         kwargs = dict(generation_kwargs or {})
         reserved = [k for k in _RESERVED_GENERATION_KWARGS if k in kwargs]
         if reserved:
@@ -331,7 +251,7 @@ class TransformersBackend(AlignerBackend):
             load_kwargs["device_map"] = {"": device}
         model: Any = AutoModelForCausalLM.from_pretrained(sources.base, **load_kwargs)
         if sources.adapter is not None:
-            model = _load_adapter(model, sources.adapter, self.revision if model_is_adapter else None)
+            model = load_adapter(model, sources.adapter, self.revision if model_is_adapter else None)
         model.to(device)
         model.eval()
 
@@ -357,37 +277,10 @@ class TransformersBackend(AlignerBackend):
         return all(Path(s).is_dir() for s in sources)
 
     def _template_from_config(self) -> AlignerTemplate:
-        """The template recorded in ``aligner_config.json`` (adapter first, then model), else default."""
-        for source in (self._adapter_source, self._model_source):
-            if source is None:
-                continue
-            directory = _config_dir(source, "aligner_config.json", self.revision)
-            config = load_aligner_config(directory) if directory is not None else None
-            if config is not None:
-                return config.resolved_template()
-        return get_template(DEFAULT_TEMPLATE)
+        return template_from_config(self._model_source, self._adapter_source, self.revision)
 
-    def _sources(self) -> _Sources:
-        model, adapter = self._model_source, self._adapter_source
-        model_adapter_dir = _config_dir(model, ADAPTER_CONFIG_NAME, self.revision)
-        if adapter is not None:
-            if model_adapter_dir is not None:
-                raise ValueError(
-                    f"model={model!r} is itself a PEFT adapter; pass its base model as model= together "
-                    "with adapter=, or pass the adapter alone as model="
-                )
-            adapter_dir = _config_dir(adapter, ADAPTER_CONFIG_NAME, None)
-            if adapter_dir is None:
-                raise AlignerError(
-                    f"adapter={adapter!r} holds no {ADAPTER_CONFIG_NAME}; it is not a PEFT adapter"
-                )
-            return _Sources(
-                base=model, adapter=adapter, tokenizer=_tokenizer_source(adapter_dir, adapter, model)
-            )
-        if model_adapter_dir is None:
-            return _Sources(base=model, adapter=None, tokenizer=model)
-        base = _adapter_base_model(model_adapter_dir)
-        return _Sources(base=base, adapter=model, tokenizer=_tokenizer_source(model_adapter_dir, model, base))
+    def _sources(self) -> ModelSources:
+        return resolve_sources(self._model_source, self._adapter_source, self.revision)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -728,59 +621,6 @@ def _context_length(config: Any, tokenizer: Any) -> int | None:
         if isinstance(candidate, int) and 0 < candidate < _SANE_CONTEXT:
             return candidate
     return None
-
-
-def _config_dir(source: str, filename: str, revision: str | None) -> Path | None:
-    """The local directory holding ``filename`` for ``source`` (a directory, or a hub repo whose file
-    is downloaded into the cache); ``None`` when there is no such file."""
-    path = Path(source)
-    if path.is_dir():
-        return path if (path / filename).is_file() else None
-    if path.exists() or source.count("/") > 1 or not source:
-        return None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(source, filename, revision=revision)).parent
-    except Exception:  # not on the hub, no such file, or offline: treated as absent
-        return None
-
-
-def _adapter_base_model(adapter_dir: Path) -> str:
-    import json
-
-    recorded = json.loads((adapter_dir / ADAPTER_CONFIG_NAME).read_text()).get("base_model_name_or_path")
-    aligner_config = load_aligner_config(adapter_dir)
-    fallback = aligner_config.base_model if aligner_config is not None else None
-    if recorded and (Path(recorded).exists() or not _looks_local(recorded) or not fallback):
-        return str(recorded)
-    if fallback:
-        return fallback
-    raise AlignerError(
-        f"the adapter in {adapter_dir} records no base model (base_model_name_or_path in "
-        f"{ADAPTER_CONFIG_NAME}); pass the base model as model= and the adapter as adapter="
-    )
-
-
-def _looks_local(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
-
-
-def _tokenizer_source(adapter_dir: Path, adapter: str, base: str) -> str:
-    has_tokenizer = any(
-        (adapter_dir / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json")
-    )
-    return adapter if has_tokenizer and Path(adapter).is_dir() else base
-
-
-def _load_adapter(model: Any, adapter: str, revision: str | None) -> Any:
-    from peft import PeftModel
-
-    peft_model = PeftModel.from_pretrained(model, adapter, revision=revision, is_trainable=False)
-    try:
-        return peft_model.merge_and_unload()  # plain weights: faster generate, same results
-    except Exception:  # adapter types that cannot merge are served unmerged
-        return peft_model
 
 
 def _empty_cache() -> None:
