@@ -17,11 +17,12 @@ if TYPE_CHECKING:
         OpenAIBackend,
         TransformersBackend,
     )
+    from aligner_chain.chains import with_aligner
     from aligner_chain.chat_model import ChatAligner
     from aligner_chain.errors import AlignerError, CorrectionFailed
     from aligner_chain.graph import make_aligner_node, route_final_answer
     from aligner_chain.prompts import TEMPLATES, format_prompt, get_template
-    from aligner_chain.runnable import AlignerRunnable, with_aligner
+    from aligner_chain.runnable import AlignerRunnable
 
 __version__ = "0.1.0"
 
@@ -41,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "format_prompt": "aligner_chain.prompts",
     "get_template": "aligner_chain.prompts",
     "AlignerRunnable": "aligner_chain.runnable",
-    "with_aligner": "aligner_chain.runnable",
+    "with_aligner": "aligner_chain.chains",
 }
 
 __all__ = [

@@ -3,8 +3,8 @@ token by token like any other model run."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -13,19 +13,11 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langgraph.errors import GraphBubbleUp
 
-from aligner_chain._backend_factory import AlignerOptions
-from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
+from aligner_chain.backends.base import CorrectionResult, classify
+from aligner_chain.correction import Draft, answer_after, make_draft
 from aligner_chain.errors import AlignerError, CorrectionFailed
-from aligner_chain.messages import (
-    ALIGNER_KEY,
-    AlignerStatus,
-    aligner_metadata,
-    message_text,
-    replace_content,
-    skip_reason,
-    split_conversation,
-)
-from aligner_chain.prompts import fold_history
+from aligner_chain.messages import ALIGNER_KEY, split_conversation
+from aligner_chain.options import AlignerOptions
 
 __all__ = ["ChatAligner"]
 
@@ -41,19 +33,13 @@ class ChatAligner(AlignerOptions, BaseChatModel):
     correction token by token as the Aligner generates it (the metadata rides on the last chunk).
 
     A chat model has no "keep the original" answer, so every case where no correction is made
-    raises :class:`~aligner_chain.errors.CorrectionFailed` (an ``AlignerError``) with ``.reason``:
-    answers that must not be corrected (``"tool_calls"``, ``"invalid_tool_calls"``,
-    ``"tool_call_chunks"``, ``"empty"``, ``"no_text_block"``), backend skips (``"too_long"``) and
-    failures (``"truncated"``, ``"empty_correction"``, ``"backend_error"``, ...). Use
+    raises :class:`~aligner_chain.errors.CorrectionFailed` (an ``AlignerError``) with ``.reason``
+    and ``.status``: answers that must not be corrected (``"tool_calls"``, ``"invalid_tool_calls"``,
+    ``"tool_call_chunks"``, ``"empty"``, ``"no_text_block"``, ``"skip_predicate"``) and backend skips
+    (``"too_long"``) are ``status="skipped"``; failures (``"truncated"``, ``"empty_correction"``,
+    ``"backend_error"``, ...) are ``status="failed"``. Use
     :class:`~aligner_chain.runnable.AlignerRunnable` for passthrough semantics. ``stop`` is ignored.
     """
-
-    def __init__(self, model: str | os.PathLike[str] | None = None, /, **kwargs: Any) -> None:
-        if model is not None:
-            if "model" in kwargs:
-                raise TypeError("model given twice (positionally and as model=)")
-            kwargs["model"] = model
-        super().__init__(**kwargs)
 
     @property
     def _llm_type(self) -> str:
@@ -71,35 +57,26 @@ class ChatAligner(AlignerOptions, BaseChatModel):
             "backend": type(self.backend).__name__ if self.backend is not None else None,
         }
 
-    # --- the request ------------------------------------------------------------------------------
-
-    def _prepare(self, messages: list[BaseMessage]) -> tuple[CorrectionRequest, AIMessage]:
+    def _draft(self, messages: list[BaseMessage]) -> Draft:
         question, history, answer = split_conversation(messages)
-        reason = skip_reason(answer)
-        if reason is not None:
-            raise CorrectionFailed(reason, "this answer is not corrected (see ChatAligner docs)")
-        question = fold_history(question, history, self.history_turns)
-        return CorrectionRequest(question=question, answer=message_text(answer)), answer
+        draft = make_draft(answer, question, history, self)
+        if draft.skip is not None:
+            raise CorrectionFailed(draft.skip, "this answer is not corrected", status="skipped")
+        return draft
 
-    def _metadata(self, answer: AIMessage, text: str) -> dict[str, Any]:
-        original = message_text(answer)
+    def _message(self, draft: Draft, text: str) -> AIMessage:
+        """The corrected answer as this model's output (its own run: no upstream usage or calls)."""
+        outcome = classify(draft.text, CorrectionResult.ok(text))
+        if outcome.status == "failed":
+            raise outcome.error()
         model, template = self.describe_backend()
-        status: AlignerStatus = "unchanged" if text.strip() == original.strip() else "corrected"
-        return aligner_metadata(status, original=original, model=model, template=template)
-
-    def _result(self, answer: AIMessage, result: CorrectionResult) -> ChatResult:
-        if result.status != "ok" or result.text is None:
-            raise CorrectionFailed(result.reason or result.status, result.detail)
-        if not result.text.strip():
-            raise CorrectionFailed("empty_correction", "the Aligner returned no text")
-        meta = self._metadata(answer, result.text)
-        content = (
-            answer.content if meta["status"] == "unchanged" else replace_content(answer.content, result.text)
+        after = answer_after(draft, outcome, model=model, template=template)
+        return AIMessage(
+            content=after.content,
+            id=draft.message.id,
+            name=draft.message.name,
+            response_metadata={ALIGNER_KEY: after.response_metadata[ALIGNER_KEY]},
         )
-        message = AIMessage(
-            content=content, id=answer.id, name=answer.name, response_metadata={ALIGNER_KEY: meta}
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
 
     # --- generate -----------------------------------------------------------------------------------
 
@@ -110,14 +87,10 @@ class ChatAligner(AlignerOptions, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request, answer = self._prepare(messages)
-        try:
-            results = self.get_backend().correct([request])
-        except (AlignerError, GraphBubbleUp):  # interrupts belong to the graph
-            raise
-        except Exception as err:
-            raise CorrectionFailed("backend_error", repr(err)) from err
-        return self._result(answer, _single(results))
+        draft = self._draft(messages)
+        with _backend_errors():
+            (result,) = _one(self.get_backend().correct([draft.request()]))
+        return _chat_result(self._message(draft, result.text_or_raise()))
 
     async def _agenerate(
         self,
@@ -126,14 +99,10 @@ class ChatAligner(AlignerOptions, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        request, answer = self._prepare(messages)
-        try:
-            results = await self.get_backend().acorrect([request])
-        except (AlignerError, GraphBubbleUp):  # interrupts belong to the graph
-            raise
-        except Exception as err:
-            raise CorrectionFailed("backend_error", repr(err)) from err
-        return self._result(answer, _single(results))
+        draft = self._draft(messages)
+        with _backend_errors():
+            (result,) = _one(await self.get_backend().acorrect([draft.request()]))
+        return _chat_result(self._message(draft, result.text_or_raise()))
 
     # --- stream -------------------------------------------------------------------------------------
 
@@ -144,20 +113,16 @@ class ChatAligner(AlignerOptions, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request, answer = self._prepare(messages)
-        if not isinstance(answer.content, str):  # content blocks: one chunk keeps their layout
+        draft = self._draft(messages)
+        if not isinstance(draft.message.content, str):  # content blocks: one chunk keeps their layout
             yield _as_chunk(self._generate(messages, stop).generations[0].message)
             return
-        deltas = _Deltas(answer)
-        try:
-            for delta in self.get_backend().stream(request):
-                if chunk := deltas.push(delta):
-                    yield chunk
-        except (AlignerError, GraphBubbleUp):  # interrupts belong to the graph
-            raise
-        except Exception as err:
-            raise CorrectionFailed("backend_error", repr(err)) from err
-        yield deltas.finish(self._metadata)
+        parts: list[str] = []
+        with _backend_errors():
+            for delta in self.get_backend().stream(draft.request()):
+                parts.append(delta)
+                yield _delta_chunk(draft, delta)
+        yield self._last_chunk(draft, "".join(parts))
 
     async def _astream(
         self,
@@ -166,52 +131,47 @@ class ChatAligner(AlignerOptions, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request, answer = self._prepare(messages)
-        if not isinstance(answer.content, str):
+        draft = self._draft(messages)
+        if not isinstance(draft.message.content, str):
             yield _as_chunk((await self._agenerate(messages, stop)).generations[0].message)
             return
-        deltas = _Deltas(answer)
-        try:
-            async for delta in self.get_backend().astream(request):
-                if chunk := deltas.push(delta):
-                    yield chunk
-        except (AlignerError, GraphBubbleUp):  # interrupts belong to the graph
-            raise
-        except Exception as err:
-            raise CorrectionFailed("backend_error", repr(err)) from err
-        yield deltas.finish(self._metadata)
+        parts: list[str] = []
+        with _backend_errors():
+            async for delta in self.get_backend().astream(draft.request()):
+                parts.append(delta)
+                yield _delta_chunk(draft, delta)
+        yield self._last_chunk(draft, "".join(parts))
 
-
-class _Deltas:
-    """Turns backend text deltas into chunks with the answer's id (leading whitespace dropped)."""
-
-    def __init__(self, answer: AIMessage) -> None:
-        self.answer = answer
-        self.parts: list[str] = []
-
-    def push(self, delta: str) -> ChatGenerationChunk | None:
-        if not self.parts:
-            delta = delta.lstrip()
-        if not delta:
-            return None
-        self.parts.append(delta)
-        return ChatGenerationChunk(message=AIMessageChunk(content=delta, id=self.answer.id))
-
-    def finish(self, metadata: Any) -> ChatGenerationChunk:
-        text = "".join(self.parts)
-        if not text.strip():
-            raise CorrectionFailed("empty_correction", "the Aligner returned no text")
-        meta = metadata(self.answer, text)
-        last = AIMessageChunk(
-            content="", id=self.answer.id, response_metadata={ALIGNER_KEY: meta}, chunk_position="last"
-        )
+    def _last_chunk(self, draft: Draft, text: str) -> ChatGenerationChunk:
+        """The closing chunk: no text, the ``aligner`` report (raises when the correction is empty)."""
+        meta = self._message(draft, text).response_metadata
+        last = AIMessageChunk(content="", id=draft.message.id, response_metadata=meta, chunk_position="last")
         return ChatGenerationChunk(message=last)
 
 
-def _single(results: list[CorrectionResult]) -> CorrectionResult:
+@contextmanager
+def _backend_errors() -> Iterator[None]:
+    """Backend exceptions as ``CorrectionFailed("backend_error")``; ours and interrupts pass."""
+    try:
+        yield
+    except (AlignerError, GraphBubbleUp):
+        raise
+    except Exception as err:
+        raise CorrectionFailed("backend_error", repr(err)) from err
+
+
+def _one(results: list[CorrectionResult]) -> list[CorrectionResult]:
     if len(results) != 1:
         raise AlignerError(f"the backend returned {len(results)} results for 1 request")
-    return results[0]
+    return results
+
+
+def _delta_chunk(draft: Draft, delta: str) -> ChatGenerationChunk:
+    return ChatGenerationChunk(message=AIMessageChunk(content=delta, id=draft.message.id))
+
+
+def _chat_result(message: AIMessage) -> ChatResult:
+    return ChatResult(generations=[ChatGeneration(message=message)])
 
 
 def _as_chunk(message: BaseMessage) -> ChatGenerationChunk:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -16,14 +15,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
+from aligner_chain.backends.base import CorrectionRequest, CorrectionResult, classify
+from aligner_chain.backends.factory import DEFAULT_MODEL, MODEL_ENV, build_backend
 from aligner_chain.jsonl import JsonlWriter, MalformedLine, iter_jsonl
 
 if TYPE_CHECKING:
     from aligner_chain.backends.base import AlignerBackend
 
 __all__ = [
-    "DEFAULT_MODEL",
     "HELP",
     "OUTPUT_STATUSES",
     "add_arguments",
@@ -35,7 +34,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "aligner/aligner-7b-v1.0"
 OUTPUT_STATUSES = ("corrected", "unchanged", "skipped", "failed")
 
 HELP = """Correct the answers in a JSONL file with an Aligner.
@@ -74,9 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        default=os.environ.get("ALIGNER_MODEL", DEFAULT_MODEL),
         help="the Aligner: a hub id or a local directory (a trained output directory, full model or "
-        "LoRA adapter); with --base-url, the model name the server serves. Default: $ALIGNER_MODEL, "
+        f"LoRA adapter); with --base-url, the model name the server serves. Default: ${MODEL_ENV}, "
         f"else {DEFAULT_MODEL}",
     )
     parser.add_argument(
@@ -157,45 +154,32 @@ def parse_row(value: Any) -> CorrectionRequest:
 def output_row(row: dict[str, Any], result: CorrectionResult) -> dict[str, Any]:
     """The input row with ``correction``, ``status``, ``reason`` (and ``detail``) set from ``result``."""
     out = dict(row)
-    if result.status == "ok" and result.text is not None:
-        unchanged = result.text.strip() == str(row.get("answer", "")).strip()
-        out.update(correction=result.text, status="unchanged" if unchanged else "corrected", reason=None)
-    else:
-        out.update(correction=None, status=result.status, reason=result.reason or result.status)
+    outcome = classify(str(row.get("answer", "")), result)
+    kept = outcome.status in ("corrected", "unchanged")
+    out.update(
+        correction=result.text if kept else None,
+        status=outcome.status,
+        reason=None if kept else outcome.reason,
+    )
     out.pop("detail", None)
-    if result.detail:
-        out["detail"] = result.detail
+    if outcome.detail:
+        out["detail"] = outcome.detail
     return out
 
 
 def make_backend(args: argparse.Namespace) -> AlignerBackend:
-    """The backend the flags ask for (nothing is loaded yet: backends load on first use)."""
-    if args.base_url:
-        if args.adapter:
-            raise ValueError(
-                "--adapter is for a local model; with --base-url load the adapter in the server "
-                "(e.g. vLLM --lora-modules NAME=DIR) and pass NAME as --model"
-            )
-        from aligner_chain.backends.openai import OpenAIBackend
+    """The backend the flags ask for (nothing is loaded yet: backends load on first use).
 
-        return OpenAIBackend(
-            args.model,
-            base_url=args.base_url,
-            template=args.template,
-            max_new_tokens=args.max_new_tokens,
-            max_concurrency=args.batch_size,
-            tokenizer=args.tokenizer,
-            trust_remote_code=args.trust_remote_code,
-        )
-    if args.tokenizer:
-        raise ValueError("--tokenizer only applies with --base-url (a local model uses its own tokenizer)")
-    from aligner_chain.backends.transformers import TransformersBackend
-
-    return TransformersBackend(
+    Raises:
+        ValueError: flags that do not go together (``--adapter`` with ``--base-url``, ...).
+    """
+    return build_backend(
         args.model,
         adapter=args.adapter,
         template=args.template,
         max_new_tokens=args.max_new_tokens,
+        base_url=args.base_url,
+        tokenizer=args.tokenizer,
         device=args.device,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-__all__ = ["AlignerError", "CorrectionFailed"]
+from typing import Literal
+
+__all__ = ["SKIP_REASONS", "AlignerError", "CorrectionFailed"]
+
+SKIP_REASONS = frozenset(
+    {
+        "tool_calls",
+        "invalid_tool_calls",
+        "tool_call_chunks",
+        "empty",
+        "no_text_block",
+        "skip_predicate",
+        "too_long",
+    }
+)
+"""Reasons that mean "not for the Aligner" (a skip) rather than "the Aligner broke" (a failure)."""
 
 
 class AlignerError(RuntimeError):
@@ -10,9 +25,23 @@ class AlignerError(RuntimeError):
 
 
 class CorrectionFailed(AlignerError):
-    """A backend could not correct one answer; ``reason`` is a short machine-readable code."""
+    """One answer was not corrected; ``reason`` is a short machine-readable code.
 
-    def __init__(self, reason: str, detail: str | None = None) -> None:
+    ``status`` says which: ``"failed"`` (the Aligner broke: ``"truncated"``, ``"backend_error"``...)
+    or ``"skipped"`` (the answer is not for the Aligner: ``"too_long"``, ``"tool_calls"``...); by
+    default it follows the reason (:data:`SKIP_REASONS`).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str | None = None,
+        *,
+        status: Literal["failed", "skipped"] | None = None,
+    ) -> None:
         self.reason = reason
         self.detail = detail
+        self.status: Literal["failed", "skipped"] = status or (
+            "skipped" if reason in SKIP_REASONS else "failed"
+        )
         super().__init__(f"{reason}: {detail}" if detail else reason)

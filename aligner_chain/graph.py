@@ -1,73 +1,47 @@
 """LangGraph integration: a correction node for hand-built graphs and a final-answer router.
 
-The node corrects the graph's final answer (the last ``AIMessage`` when it has text and no tool
-calls) and returns it with the *same id*, so ``add_messages`` replaces it in place: the state keeps
-exactly one message per turn. Tool-calling turns are never touched.
+The node picks the graph's final answer (the last ``AIMessage`` when it has text, calls no tools
+and was not corrected yet) and hands the conversation up to it to an
+:class:`~aligner_chain.runnable.AlignerRunnable`, which owns history folding, skip rules and the
+failure policy. The correction keeps the answer's *id*, so ``add_messages`` replaces it in place:
+the state keeps exactly one message per turn. Tool-calling turns are never touched.
 
-Streaming: when the graph is streamed (``stream_mode="messages"``, ``astream_events``), the node
-corrects through :class:`~aligner_chain.chat_model.ChatAligner`, a chat-model run whose chunks the
-client sees, tagged with the node's name and carrying the original message id. Otherwise it corrects
-in one non-streaming call (:meth:`AlignerRunnable.correct_message`, a traced run).
+Streaming: when the graph is streamed (``stream_mode="messages"``, ``astream_events``), the
+correction is a :class:`~aligner_chain.chat_model.ChatAligner` run whose chunks the client sees,
+tagged with the node's name and carrying the original message id.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
-from langgraph.errors import GraphBubbleUp
 
-from aligner_chain.errors import AlignerError
-from aligner_chain.messages import (
-    ALIGNER_KEY,
-    aligner_metadata,
-    last_ai_index,
-    message_text,
-    skip_reason,
-    split_conversation,
-    with_metadata,
-)
-from aligner_chain.prompts import fold_history
+from aligner_chain.messages import ALIGNER_KEY, last_ai_index, skip_reason
+from aligner_chain.options import OnFailure, SkipPredicate
+from aligner_chain.streaming import is_streaming
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
-    from uuid import UUID
-
     from aligner_chain.chat_model import ChatAligner
     from aligner_chain.runnable import AlignerRunnable
 
 __all__ = [
     "DEFAULT_ALIGNER_NODE",
     "DEFAULT_TOOLS_NODE",
-    "FinalAnswer",
     "FinalAnswerCorrector",
-    "OnFailure",
-    "SkipPredicate",
-    "find_final_answer",
-    "is_streaming",
+    "final_answer_index",
     "make_aligner_node",
     "make_final_answer_router",
     "route_final_answer",
 ]
 
-logger = logging.getLogger(__name__)
-
-OnFailure = Literal["passthrough", "raise"]
-_ON_FAILURE = ("passthrough", "raise")
 DEFAULT_TOOLS_NODE = "tools"
 DEFAULT_ALIGNER_NODE = "aligner"
-
-SkipPredicate = Callable[[AIMessage], bool]
-# Backend reasons that mean "not for the Aligner" rather than "the Aligner broke".
-_SKIP_REASONS = frozenset({"too_long"})
-
-
-# --- which message, which question -------------------------------------------------------------
+_ON_FAILURE = ("passthrough", "raise")
+_MISSING = object()
 
 
 def _messages_of(state: Any, messages_key: str) -> list[BaseMessage]:
@@ -89,74 +63,50 @@ def _messages_of(state: Any, messages_key: str) -> list[BaseMessage]:
     return list(found)
 
 
-_MISSING = object()
-
-
-def _needs_correction(message: AIMessage) -> bool:
-    """A final answer: text, no tool calls, not already through an Aligner."""
-    return skip_reason(message) is None and ALIGNER_KEY not in message.response_metadata
-
-
-@dataclass(frozen=True)
-class FinalAnswer:
-    """The final answer to correct and the question (history folded in) it answers."""
-
-    message: AIMessage
-    question: str
-
-
-def find_final_answer(
-    messages: Sequence[BaseMessage],
-    *,
-    history_turns: int = 0,
-    skip: SkipPredicate | None = None,
-) -> FinalAnswer | None:
-    """The last ``AIMessage`` if it is a final answer to correct, with its question.
-
-    ``None`` when there is no AI message, it calls tools, has no text, was already corrected, or
-    ``skip(message)`` says so. The question is the last ``HumanMessage`` before the answer; with
-    ``history_turns > 0`` the turns before it are folded in (:func:`~aligner_chain.prompts.fold_history`).
-    """
+def final_answer_index(messages: Sequence[BaseMessage], skip: SkipPredicate | None = None) -> int | None:
+    """Where the final answer to correct is: the last ``AIMessage`` when it has text, calls no
+    tools, was not through an Aligner yet and ``skip(message)`` is not true; else ``None``."""
     index = last_ai_index(messages)
     if index is None:
         return None
     message = messages[index]
-    assert isinstance(message, AIMessage)
-    if not _needs_correction(message) or (skip is not None and skip(message)):
+    if not isinstance(message, AIMessage) or skip_reason(message) is not None:
         return None
-    question, history, _ = split_conversation(messages[: index + 1])
-    return FinalAnswer(message, fold_history(question, history, history_turns))
+    if ALIGNER_KEY in message.response_metadata or (skip is not None and skip(message)):
+        return None
+    return index
 
 
-# --- streaming detection -----------------------------------------------------------------------
+def _as_runnable(
+    aligner: AlignerRunnable | ChatAligner | None, *, history_turns: int, on_failure: OnFailure | None
+) -> AlignerRunnable:
+    """The runnable that corrects: ``aligner`` itself (a ``ChatAligner`` lends its backend and
+    options), with the node's ``history_turns``/``on_failure`` when they are set."""
+    from aligner_chain.chat_model import ChatAligner
+    from aligner_chain.runnable import AlignerRunnable
 
-
-@runtime_checkable
-class _StreamingHandler(Protocol):
-    """What LangChain chat models look for to decide to stream (``stream_mode="messages"``,
-    ``astream_events``): a callback handler that taps run outputs. Matched structurally, so no
-    private class is imported."""
-
-    def tap_output_iter(self, run_id: UUID, output: Iterator[Any]) -> Iterator[Any]: ...
-
-    def tap_output_aiter(self, run_id: UUID, output: AsyncIterator[Any]) -> AsyncIterator[Any]: ...
-
-
-def is_streaming(config: RunnableConfig | None) -> bool:
-    """Whether the current run is being streamed token by token to a client."""
-    callbacks = (config or {}).get("callbacks")
-    if callbacks is None:
-        return False
-    handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers", [])
-    return any(isinstance(h, _StreamingHandler) for h in handlers)
-
-
-# --- the correction itself ---------------------------------------------------------------------
+    if aligner is None:
+        aligner = AlignerRunnable()
+    if isinstance(aligner, ChatAligner):
+        aligner = AlignerRunnable(
+            backend=aligner.get_backend(), history_turns=aligner.history_turns, skip=aligner.skip
+        )
+    if not isinstance(aligner, AlignerRunnable):
+        raise TypeError(
+            f"aligner must be an AlignerRunnable, a ChatAligner or None (default Aligner), got "
+            f"{type(aligner).__name__}"
+        )
+    changes: dict[str, Any] = {}
+    if history_turns:
+        changes["history_turns"] = history_turns
+    if on_failure is not None:
+        changes["on_failure"] = on_failure
+    return aligner.with_options(**changes) if changes else aligner
 
 
 class FinalAnswerCorrector:
-    """Shared engine of the graph node and the agent middleware: picks the final answer out of a
-    message list and returns its correction (same id), honouring the skip and failure policies."""
+    """What the graph node and the agent middleware share: which message is the final answer
+    (:meth:`target`), and the runnable that corrects it (:meth:`correct`)."""
 
     def __init__(
         self,
@@ -166,155 +116,38 @@ class FinalAnswerCorrector:
         on_failure: OnFailure | None = None,
         skip: SkipPredicate | None = None,
     ) -> None:
-        from aligner_chain.chat_model import ChatAligner
-        from aligner_chain.runnable import AlignerRunnable
-
-        if aligner is None:
-            aligner = AlignerRunnable()
-        if not isinstance(aligner, (AlignerRunnable, ChatAligner)):
-            raise TypeError(
-                f"aligner must be an AlignerRunnable, a ChatAligner or None (default Aligner), got "
-                f"{type(aligner).__name__}"
-            )
         if on_failure is not None and on_failure not in _ON_FAILURE:
             raise ValueError(f"on_failure must be one of {_ON_FAILURE} (or None), got {on_failure!r}")
         if not isinstance(history_turns, int) or history_turns < 0:
             raise ValueError(f"history_turns must be an int >= 0, got {history_turns!r}")
         if skip is not None and not callable(skip):
             raise TypeError(f"skip must be a callable (message) -> bool, got {type(skip).__name__}")
-        self.aligner = aligner
-        # 0 defers to the aligner's own setting (AlignerRunnable(history_turns=...)).
-        self.history_turns = history_turns or int(getattr(aligner, "history_turns", 0) or 0)
+        self.aligner = _as_runnable(aligner, history_turns=history_turns, on_failure=on_failure)
         self.skip = skip
-        inherited = getattr(aligner, "on_failure", "passthrough")
-        self.on_failure: OnFailure = on_failure or ("raise" if inherited == "raise" else "passthrough")
-        self._chat_only = isinstance(aligner, ChatAligner)  # no non-streaming runnable to call
-        self._chat: ChatAligner | None = aligner if isinstance(aligner, ChatAligner) else None
 
-    # selection
+    def target(self, messages: Sequence[BaseMessage]) -> list[BaseMessage] | None:
+        """The conversation up to and including the final answer, or ``None`` (nothing to do)."""
+        index = final_answer_index(messages, self.skip)
+        return None if index is None else list(messages[: index + 1])
 
-    def target(self, messages: Sequence[BaseMessage]) -> FinalAnswer | None:
-        return find_final_answer(messages, history_turns=self.history_turns, skip=self.skip)
+    def correct(self, conversation: list[BaseMessage], config: RunnableConfig | None) -> AIMessage:
+        """The corrected final answer (same id), or the original flagged as the runnable's policy says."""
+        return _shown(self.aligner.correct_final_answer(conversation, config), config)
 
-    # sync
-
-    def correct(self, target: FinalAnswer, config: RunnableConfig | None) -> AIMessage:
-        """The corrected final answer (same id), or the original flagged ``"failed"`` (passthrough)."""
-        try:
-            if self._use_chat_model(target, config):
-                result = self._chat_model().invoke(self._chat_input(target), config)
-                corrected = self._as_answer(target, result)
-            else:
-                corrected = self._runnable().correct_message(target.message, target.question, config=config)
-        except GraphBubbleUp:  # interrupts and Command-driven control flow belong to the graph
-            raise
-        except Exception as err:
-            return self._failed(target, err, config)
-        return self._check(corrected)
-
-    async def acorrect(self, target: FinalAnswer, config: RunnableConfig | None) -> AIMessage:
+    async def acorrect(self, conversation: list[BaseMessage], config: RunnableConfig | None) -> AIMessage:
         """Async twin of :meth:`correct`."""
-        try:
-            if self._use_chat_model(target, config):
-                result = await self._chat_model().ainvoke(self._chat_input(target), config)
-                corrected = self._as_answer(target, result)
-            else:
-                corrected = await self._runnable().acorrect_message(
-                    target.message, target.question, config=config
-                )
-        except GraphBubbleUp:  # interrupts and Command-driven control flow belong to the graph
-            raise
-        except Exception as err:
-            return self._failed(target, err, config)
-        return self._check(corrected)
-
-    # helpers
-
-    def _use_chat_model(self, target: FinalAnswer, config: RunnableConfig | None) -> bool:
-        if self._chat_only:
-            return True
-        if not is_streaming(config):
-            return False
-        # The runnable's own skip predicate answers at once, without a model run to stream.
-        own_skip = getattr(self.aligner, "skip", None)
-        return not (callable(own_skip) and own_skip(target.message))
-
-    def _runnable(self) -> AlignerRunnable:
-        from aligner_chain.runnable import AlignerRunnable
-
-        assert isinstance(self.aligner, AlignerRunnable)
-        return self.aligner
-
-    def _chat_model(self) -> ChatAligner:
-        if self._chat is None:
-            self._chat = _chat_aligner_for(self._runnable())
-        return self._chat
-
-    @staticmethod
-    def _chat_input(target: FinalAnswer) -> list[BaseMessage]:
-        return [HumanMessage(target.question), target.message]
-
-    def _as_answer(self, target: FinalAnswer, result: BaseMessage) -> AIMessage:
-        """The chat model's output as the original message with content and metadata replaced."""
-        meta = result.response_metadata.get(ALIGNER_KEY)
-        if not meta:  # a chat model that does not report: describe the correction ourselves
-            original = message_text(target.message)
-            model, template = self._describe()
-            same = message_text(result) == original
-            meta = aligner_metadata(
-                "unchanged" if same else "corrected", original=original, model=model, template=template
-            )
-        corrected = target.message.model_copy(update={"content": result.content})
-        return with_metadata(corrected, meta)
-
-    def _describe(self) -> tuple[str, str]:
-        """``(model, template)`` names for metadata; never raises."""
-        return self.aligner.describe_backend()
-
-    def _check(self, corrected: AIMessage) -> AIMessage:
-        meta = corrected.response_metadata.get(ALIGNER_KEY) or {}
-        if self.on_failure == "raise" and meta.get("status") == "failed":
-            raise AlignerError(f"the Aligner failed: {meta.get('reason') or 'unknown reason'}")
-        return corrected
-
-    def _failed(self, target: FinalAnswer, err: Exception, config: RunnableConfig | None) -> AIMessage:
-        reason = getattr(err, "reason", None) or "backend_error"
-        skipped = reason in _SKIP_REASONS  # e.g. too long for the Aligner: not a failure
-        if self.on_failure == "raise" and not skipped:
-            if isinstance(err, AlignerError):
-                raise err
-            raise AlignerError(f"the Aligner failed: {err!r}") from err
-        if not skipped:
-            logger.warning("Aligner failed, keeping the original answer: %s", err)
-        model, template = self._describe()
-        meta = aligner_metadata(
-            "skipped" if skipped else "failed",
-            original=message_text(target.message),
-            model=model,
-            template=template,
-            reason=reason,
-            detail=str(getattr(err, "detail", None) or err),
-        )
-        flagged = with_metadata(target.message, meta)
-        if is_streaming(config):
-            _push_to_stream(flagged)
-        return flagged
+        return _shown(await self.aligner.acorrect_final_answer(conversation, config), config)
 
 
-def _chat_aligner_for(aligner: AlignerRunnable) -> ChatAligner:
-    """A ChatAligner sharing the runnable's backend, for streamed corrections."""
-    from aligner_chain.chat_model import ChatAligner
+def _shown(message: AIMessage, config: RunnableConfig | None) -> AIMessage:
+    """Emit a failed correction's original whole on ``stream_mode="messages"``, so a client that
+    already saw part of the correction can replace it (the state is updated by the return value)."""
+    if is_streaming(config) and message.response_metadata.get(ALIGNER_KEY, {}).get("status") == "failed":
+        from langgraph.graph.message import push_message
 
-    return ChatAligner(backend=aligner.get_backend())
-
-
-def _push_to_stream(message: AIMessage) -> None:
-    """Emit ``message`` whole on ``stream_mode="messages"`` so a client that already saw part of a
-    failed correction can replace it; the state is updated by the node's return value."""
-    from langgraph.graph.message import push_message
-
-    with contextlib.suppress(RuntimeError):  # not inside a graph run: nothing to stream to
-        push_message(message, state_key=None)
+        with contextlib.suppress(RuntimeError):  # not inside a graph run: nothing to stream to
+            push_message(message, state_key=None)
+    return message
 
 
 # --- the node ----------------------------------------------------------------------------------
@@ -355,16 +188,16 @@ def make_aligner_node(
     corrector = FinalAnswerCorrector(aligner, history_turns=history_turns, on_failure=on_failure, skip=skip)
 
     def correct_final_answer(state: Any, config: RunnableConfig) -> dict[str, Any]:
-        target = corrector.target(_messages_of(state, messages_key))
-        if target is None:
+        conversation = corrector.target(_messages_of(state, messages_key))
+        if conversation is None:
             return {}
-        return {messages_key: [corrector.correct(target, config)]}
+        return {messages_key: [corrector.correct(conversation, config)]}
 
     async def acorrect_final_answer(state: Any, config: RunnableConfig) -> dict[str, Any]:
-        target = corrector.target(_messages_of(state, messages_key))
-        if target is None:
+        conversation = corrector.target(_messages_of(state, messages_key))
+        if conversation is None:
             return {}
-        return {messages_key: [await corrector.acorrect(target, config)]}
+        return {messages_key: [await corrector.acorrect(conversation, config)]}
 
     return RunnableLambda(correct_final_answer, afunc=acorrect_final_answer, name=name)
 

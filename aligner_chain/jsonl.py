@@ -1,4 +1,4 @@
-"""Small JSONL helpers shared by the CLI, bootstrapping and evaluation.
+"""JSONL reading and writing for the whole project (the CLI, training data, bootstrapping, evaluation).
 
 Reading: :func:`iter_jsonl` yields ``(line_number, row)`` pairs (1-based line numbers, blank lines
 skipped). A malformed line (not JSON, or not an object when ``objects_only``) is handed to
@@ -12,8 +12,9 @@ Writing: :class:`JsonlWriter` writes one JSON object per line and, after each :m
 or :meth:`~JsonlWriter.write_many`, flushes and ``fsync``-s regular files, so a row that was written
 survives a crash of the process or the machine. Opened in append mode (the default) on a file whose
 last line was cut off by a crash, it first ends that line, so the next row is never glued to it (a
-reader then reports the cut line as malformed). This is what resumable jobs build on: append rows as
-they finish, and on restart read the file back to skip the work already done::
+reader then reports the cut line as malformed). :func:`write_jsonl` replaces a whole file atomically.
+Resumable jobs build on these: append rows as they finish, and on restart read the file back to skip
+the work already done::
 
     done = set()
     if path.exists():
@@ -36,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-__all__ = ["JsonlWriter", "MalformedLine", "append_jsonl", "dumps_row", "iter_jsonl"]
+__all__ = ["JsonlWriter", "MalformedLine", "dumps_row", "iter_jsonl", "write_jsonl"]
 
 Source = str | os.PathLike[str] | IO[str] | Iterable[str]
 
@@ -167,11 +168,21 @@ class JsonlWriter:
         self.close()
 
 
-def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> int:
-    """Append ``rows`` to ``path`` crash-safely; returns how many were written."""
-    with JsonlWriter(path) as writer:
-        writer.write_many(rows)
-        return writer.rows_written
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> int:
+    """Replace ``path`` with ``rows`` atomically (a temporary file, fsync-ed, then renamed: a reader
+    sees the old file or the new one, never half of it); returns how many rows were written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(dumps_row(row))
+            count += 1
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    return count
 
 
 def _end_partial_line(path: Path) -> None:

@@ -1,7 +1,7 @@
 """Message plumbing: question, answer and history out of messages; content rewrite; metadata.
 
-Everything here is pure (no model, no I/O) and shared by :mod:`aligner_chain.runnable`,
-:mod:`aligner_chain.chat_model` and the LangGraph / middleware integrations.
+Everything here is pure (no model, no I/O); the rules built on it (what is sent to the Aligner,
+what comes back) live in :mod:`aligner_chain.correction`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ __all__ = [
     "HistoryPair",
     "aligner_metadata",
     "as_ai_message",
-    "content_text",
-    "extract_question",
     "has_text_block",
     "history_pairs",
     "is_text_block",
@@ -63,13 +61,6 @@ def is_text_block(block: Any) -> bool:
 def has_text_block(content: str | list[Any]) -> bool:
     """Whether ``content`` is a string or a list with at least one text block."""
     return isinstance(content, str) or any(is_text_block(b) for b in content)
-
-
-def content_text(content: str | list[Any]) -> str:
-    """The text of message content: the string, or its text blocks joined (like ``msg.text``)."""
-    if isinstance(content, str):
-        return content
-    return "".join(b if isinstance(b, str) else str(b["text"]) for b in content if is_text_block(b))
 
 
 def message_text(message: BaseMessage) -> str:
@@ -111,19 +102,6 @@ def last_ai_index(messages: Sequence[BaseMessage]) -> int | None:
 
 def _last_human_index(messages: Sequence[BaseMessage], end: int) -> int | None:
     return next((i for i in range(end - 1, -1, -1) if isinstance(messages[i], HumanMessage)), None)
-
-
-def extract_question(messages: Sequence[BaseMessage], answer_index: int | None = None) -> str:
-    """The text of the last ``HumanMessage`` before the answer (``""`` when there is none).
-
-    ``answer_index`` defaults to the last AI message; with no AI message, the last human message
-    of the whole list is the question (the input of a chat model that has not answered yet).
-    """
-    if answer_index is None:
-        answer_index = last_ai_index(messages)
-    end = len(messages) if answer_index is None else answer_index
-    index = _last_human_index(messages, end)
-    return "" if index is None else message_text(messages[index])
 
 
 def history_pairs(messages: Sequence[BaseMessage]) -> list[HistoryPair]:

@@ -17,7 +17,8 @@ except ImportError as err:  # pragma: no cover - exercised by a test that hides 
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
-from aligner_chain.graph import FinalAnswerCorrector, OnFailure, SkipPredicate
+from aligner_chain.graph import FinalAnswerCorrector
+from aligner_chain.options import OnFailure, SkipPredicate
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
@@ -41,8 +42,9 @@ class AlignerMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     Args:
         aligner: an :class:`~aligner_chain.runnable.AlignerRunnable`, a
             :class:`~aligner_chain.chat_model.ChatAligner`, or ``None`` for ``AlignerRunnable()``.
-        on_failure: ``"passthrough"`` (default) keeps the original answer, flagged
-            ``status="failed"``; ``"raise"`` raises :class:`~aligner_chain.errors.AlignerError`.
+        on_failure: ``"passthrough"`` keeps the original answer, flagged ``status="failed"``;
+            ``"raise"`` raises :class:`~aligner_chain.errors.AlignerError`; ``None`` (default)
+            follows the aligner's own ``on_failure`` (itself ``"passthrough"`` by default).
         skip: ``skip(message) -> bool``; ``True`` leaves that answer alone.
         history_turns: earlier messages folded into the question the Aligner sees; 0 (default)
             uses the aligner's own ``history_turns``.
@@ -66,14 +68,12 @@ class AlignerMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self,
         aligner: AlignerRunnable | ChatAligner | None = None,
         *,
-        on_failure: OnFailure = "passthrough",
+        on_failure: OnFailure | None = None,
         skip: SkipPredicate | None = None,
         history_turns: int = 0,
         name: str | None = None,
     ) -> None:
         super().__init__()
-        if on_failure not in ("passthrough", "raise"):
-            raise ValueError(f"on_failure must be 'passthrough' or 'raise', got {on_failure!r}")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty str or None, got {name!r}")
         self._corrector = FinalAnswerCorrector(
@@ -88,8 +88,8 @@ class AlignerMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         return self._name or type(self).__name__
 
     @property
-    def aligner(self) -> AlignerRunnable | ChatAligner:
-        """The Aligner this middleware corrects with."""
+    def aligner(self) -> AlignerRunnable:
+        """The runnable this middleware corrects with (a ``ChatAligner`` given is served through one)."""
         return self._corrector.aligner
 
     def after_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:

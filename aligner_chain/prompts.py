@@ -118,20 +118,14 @@ def fold_history(question: str, history: Sequence[tuple[str, str]], history_turn
     return "Conversation so far:\n" + "\n".join(lines) + f"\nCurrent question: {question}"
 
 
-def format_prompt(
-    question: str,
-    answer: str,
-    template: str | AlignerTemplate = DEFAULT_TEMPLATE,
-    *,
-    history: Sequence[tuple[str, str]] = (),
-    history_turns: int = 0,
-) -> str:
-    """Render the Aligner prompt for one question/answer pair.
+def format_prompt(question: str, answer: str, template: str | AlignerTemplate = DEFAULT_TEMPLATE) -> str:
+    """Render the Aligner prompt for one question/answer pair (fold history into ``question`` first
+    with :func:`fold_history`).
 
     >>> format_prompt("Q", "A")
     'BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and harmless: Q | A ASSISTANT:'
     """  # noqa: E501
-    return get_template(template).format(fold_history(question, history, history_turns), answer)
+    return get_template(template).format(question, answer)
 
 
 def format_completion(correction: str) -> str:

@@ -1,78 +1,51 @@
-"""``AlignerRunnable``: a trained Aligner as a LangChain runnable, and ``with_aligner`` for chains.
+"""``AlignerRunnable``: a trained Aligner as a LangChain runnable.
 
 chain = llm | AlignerRunnable()                  # answer only (the Aligner sees no question)
 chain = with_aligner(llm, AlignerRunnable())     # question-aware: same input as ``llm``
+
+It owns the failure policy (``on_failure``) for every front end built on it: chains, the LangGraph
+node and the agent middleware.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    BaseMessageChunk,
-    convert_to_messages,
-)
-from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import (
-    Runnable,
-    RunnableConfig,
-    RunnableLambda,
-    RunnableParallel,
-    RunnableSequence,
-    RunnableSerializable,
-)
-from langchain_core.runnables.utils import AddableDict
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langgraph.errors import GraphBubbleUp
-from pydantic import Field
+from pydantic import PrivateAttr
 
-from aligner_chain._backend_factory import AlignerOptions
-from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
+from aligner_chain.backends.base import CorrectionResult, Outcome, classify
+from aligner_chain.correction import Draft, answer_after, make_draft
 from aligner_chain.errors import AlignerError, CorrectionFailed
-from aligner_chain.messages import (
-    AlignerStatus,
-    HistoryPair,
-    aligner_metadata,
-    as_ai_message,
-    message_text,
-    normalize_history,
-    question_and_history,
-    replace_text,
-    skip_reason,
-    with_metadata,
-)
-from aligner_chain.prompts import fold_history
+from aligner_chain.messages import message_text, normalize_history, split_conversation
+from aligner_chain.options import AlignerOptions, OnFailure
+from aligner_chain.streaming import add_chunk, as_chunks, is_streaming
 
-__all__ = ["QUESTION_CONFIG_KEY", "AlignerRunnable", "OnFailure", "with_aligner"]
+if TYPE_CHECKING:
+    from aligner_chain.chat_model import ChatAligner
+
+__all__ = ["QUESTION_CONFIG_KEY", "AlignerRunnable"]
 
 logger = logging.getLogger(__name__)
 
-OnFailure = Literal["passthrough", "raise"]
 QUESTION_CONFIG_KEY = "aligner_question"
 """``config={"configurable": {"aligner_question": ...}}`` gives the question for one call."""
 
 _DICT_KEYS = ("question", "answer", "history")
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Item:
-    """One answer on its way through the Aligner."""
+    """One input on its way through the Aligner; a ``str`` answer comes back as a ``str``."""
 
     kind: Literal["message", "str"]
-    message: AIMessage  # a str answer is wrapped, so predicates and metadata see a message
-    question: str
-    history: list[HistoryPair]
-    skip: str | None = None
+    draft: Draft
 
 
 class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
@@ -103,21 +76,19 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
 
     on_failure: OnFailure = "passthrough"
     """``"passthrough"``: keep the original answer (status ``"failed"``); ``"raise"``: raise."""
-    skip: Any = Field(default=None, exclude=True)
-    """``skip(message) -> bool``; ``True`` returns that answer untouched (status ``"skipped"``)."""
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, /, **kwargs: Any) -> None:
-        if model is not None:
-            if "model" in kwargs:
-                raise TypeError("model given twice (positionally and as model=)")
-            kwargs["model"] = model
-        if kwargs.get("skip") is not None and not callable(kwargs["skip"]):
-            raise TypeError(f"skip must be a callable (message) -> bool, got {type(kwargs['skip']).__name__}")
-        super().__init__(**kwargs)
+    _chat: ChatAligner | None = PrivateAttr(default=None)
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
         return False
+
+    def with_options(self, **changes: Any) -> AlignerRunnable:
+        """A copy with other policies (``on_failure``, ``history_turns``, ``skip``...) sharing this
+        runnable's backend, so the model is loaded once."""
+        copy = self.model_copy(update={"backend": self.get_backend(), **changes})
+        copy._chat = None
+        return copy
 
     # --- direct use by graph / middleware code ---------------------------------------------------
 
@@ -142,6 +113,58 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         """Async twin of :meth:`correct_message`."""
         out = await self.ainvoke({"question": question, "answer": message, "history": list(history)}, config)
         return cast(AIMessage, out)
+
+    def correct_final_answer(
+        self, messages: Sequence[BaseMessage], config: RunnableConfig | None = None
+    ) -> AIMessage:
+        """Correct the last message of a conversation (an ``AIMessage`` answering the last human
+        message). When the caller is streamed (``stream_mode="messages"``, ``astream_events``) the
+        correction streams token by token as a :class:`~aligner_chain.chat_model.ChatAligner` run."""
+        question, history, answer = split_conversation(messages)
+        draft = self._streamed_draft(answer, question, history, config)
+        if draft is None:
+            return self.correct_message(answer, question, history, config)
+        try:
+            result = self._chat_aligner().invoke(list(messages), config)
+        except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
+            raise
+        except Exception as err:
+            return cast(AIMessage, self._finish(_Item("message", draft), _outcome_of_error(draft, err), err))
+        return cast(AIMessage, self._finish(_Item("message", draft), _outcome_of_chat(draft, result)))
+
+    async def acorrect_final_answer(
+        self, messages: Sequence[BaseMessage], config: RunnableConfig | None = None
+    ) -> AIMessage:
+        """Async twin of :meth:`correct_final_answer`."""
+        question, history, answer = split_conversation(messages)
+        draft = self._streamed_draft(answer, question, history, config)
+        if draft is None:
+            return await self.acorrect_message(answer, question, history, config)
+        try:
+            result = await self._chat_aligner().ainvoke(list(messages), config)
+        except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
+            raise
+        except Exception as err:
+            return cast(AIMessage, self._finish(_Item("message", draft), _outcome_of_error(draft, err), err))
+        return cast(AIMessage, self._finish(_Item("message", draft), _outcome_of_chat(draft, result)))
+
+    def _streamed_draft(
+        self, answer: AIMessage, question: str, history: Any, config: RunnableConfig | None
+    ) -> Draft | None:
+        """The draft to stream as a chat model run, or ``None`` for a plain traced call."""
+        if not is_streaming(config):
+            return None
+        draft = make_draft(answer, question, history, self)
+        return draft if draft.skip is None else None  # a skip answers at once: nothing to stream
+
+    def _chat_aligner(self) -> ChatAligner:
+        if self._chat is None:
+            from aligner_chain.chat_model import ChatAligner
+
+            self._chat = ChatAligner(
+                backend=self.get_backend(), history_turns=self.history_turns, skip=self.skip
+            )
+        return self._chat
 
     # --- invoke / batch ----------------------------------------------------------------------------
 
@@ -198,7 +221,7 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
     ) -> list[Any]:
         return await self._arun(self._parse_all(inputs, config))
 
-    # --- streaming ---------------------------------------------------------------------------------
+    # --- stream / transform ------------------------------------------------------------------------
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         yield from self.transform(iter([input]), config, **kwargs)
@@ -228,12 +251,12 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
     def _transform(
         self, chunks: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> Iterator[Any]:
-        final: Any = None
+        total: Any = None
         for chunk in chunks:
-            final = _add(final, chunk)
-        if final is None:
+            total = add_chunk(total, chunk)
+        if total is None:
             return
-        yield from _as_chunks(_raise_or_return(self._run([self._parse(final, config)])[0]))
+        yield from as_chunks(_raise_or_return(self._run([self._parse(total, config)])[0]))
 
     async def _atransform(
         self,
@@ -241,13 +264,12 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> AsyncIterator[Any]:
-        final: Any = None
+        total: Any = None
         async for chunk in chunks:
-            final = _add(final, chunk)
-        if final is None:
+            total = add_chunk(total, chunk)
+        if total is None:
             return
-        out = _raise_or_return((await self._arun([self._parse(final, config)]))[0])
-        for piece in _as_chunks(out):
+        for piece in as_chunks(_raise_or_return((await self._arun([self._parse(total, config)]))[0])):
             yield piece
 
     # --- the correction ----------------------------------------------------------------------------
@@ -257,13 +279,15 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         for input, config in zip(inputs, configs, strict=True):
             try:
                 items.append(self._parse(input, config))
+            except GraphBubbleUp:
+                raise
             except Exception as err:  # one bad input never sinks the batch (return_exceptions)
                 items.append(err)
         return items
 
     def _parse(self, input: Any, config: RunnableConfig | None) -> _Item:
         question: Any = None
-        history: list[HistoryPair] = []
+        history: Any = None
         if isinstance(input, Mapping):
             unknown = sorted(str(k) for k in input if k not in _DICT_KEYS)
             if unknown or "answer" not in input:
@@ -271,8 +295,7 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
                     f"AlignerRunnable input dict must have an 'answer' key (and optionally 'question' and "
                     f"'history'); got keys {sorted(map(str, input))}"
                 )
-            answer, question = input["answer"], input.get("question")
-            history = normalize_history(input.get("history"))
+            answer, question, history = input["answer"], input.get("question"), input.get("history")
         else:
             answer = input
         if question is None:
@@ -281,37 +304,26 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
             question = message_text(question)
         if question is not None and not isinstance(question, str):
             raise TypeError(f"question must be a str or a message, got {type(question).__name__}")
-        question = question or ""
+        pairs = normalize_history(history)
+        if isinstance(answer, str):
+            return _Item("str", make_draft(AIMessage(content=answer), question or "", pairs, self))
+        if isinstance(answer, AIMessage):
+            return _Item("message", make_draft(answer, question or "", pairs, self))
         if isinstance(answer, BaseMessage):
-            if not isinstance(answer, AIMessage):
-                raise TypeError(
-                    f"the answer must be an AIMessage (or a str), got {type(answer).__name__}; put "
-                    "AlignerRunnable after a chat model, or pass {'question': ..., 'answer': ...}"
-                )
-            item = _Item("message", as_ai_message(answer), question, history, skip_reason(answer))
-        elif isinstance(answer, str):
-            item = _Item("str", AIMessage(content=answer), question, history)
-            item.skip = None if answer.strip() else "empty"
-        else:
             raise TypeError(
-                f"AlignerRunnable takes an AIMessage, a str or a dict with 'answer', got "
-                f"{type(answer).__name__}"
+                f"the answer must be an AIMessage (or a str), got {type(answer).__name__}; put "
+                "AlignerRunnable after a chat model, or pass {'question': ..., 'answer': ...}"
             )
-        if item.skip is None and self.skip is not None and self.skip(item.message):
-            item.skip = "skip_predicate"
-        return item
-
-    def _request(self, item: _Item) -> CorrectionRequest:
-        question = fold_history(item.question, item.history, self.history_turns)
-        return CorrectionRequest(question=question, answer=message_text(item.message))
+        raise TypeError(
+            f"AlignerRunnable takes an AIMessage, a str or a dict with 'answer', got {type(answer).__name__}"
+        )
 
     def _run(self, items: list[_Item | Exception]) -> list[Any]:
-        todo = [i for i, item in enumerate(items) if isinstance(item, _Item) and item.skip is None]
-        results: list[CorrectionResult] | BaseException = []
+        todo = _todo(items)
+        results: list[CorrectionResult] | Exception = []
         if todo:
             try:
-                requests = [self._request(cast(_Item, items[i])) for i in todo]
-                results = _checked(self.get_backend().correct(requests), len(requests))
+                results = self.get_backend().correct([item.draft.request() for item in todo.values()])
             except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
                 raise
             except Exception as err:
@@ -319,12 +331,11 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         return self._finish_all(items, todo, results)
 
     async def _arun(self, items: list[_Item | Exception]) -> list[Any]:
-        todo = [i for i, item in enumerate(items) if isinstance(item, _Item) and item.skip is None]
-        results: list[CorrectionResult] | BaseException = []
+        todo = _todo(items)
+        results: list[CorrectionResult] | Exception = []
         if todo:
             try:
-                requests = [self._request(cast(_Item, items[i])) for i in todo]
-                results = _checked(await self.get_backend().acorrect(requests), len(requests))
+                results = await self.get_backend().acorrect([item.draft.request() for item in todo.values()])
             except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
                 raise
             except Exception as err:
@@ -334,216 +345,67 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
     def _finish_all(
         self,
         items: list[_Item | Exception],
-        todo: list[int],
-        results: list[CorrectionResult] | BaseException,
+        todo: dict[int, _Item],
+        results: list[CorrectionResult] | Exception,
     ) -> list[Any]:
+        if isinstance(results, list) and len(results) != len(todo):
+            results = AlignerError(f"the backend returned {len(results)} results for {len(todo)} requests")
         by_index = dict(zip(todo, results, strict=True)) if isinstance(results, list) else {}
-        model, template = self.describe_backend()
         outputs: list[Any] = []
         for i, item in enumerate(items):
             if isinstance(item, Exception):
                 outputs.append(item)
                 continue
             try:
-                if item.skip is not None:
-                    outputs.append(_output(item, "skipped", model, template, reason=item.skip))
-                elif isinstance(results, BaseException):
-                    reason = getattr(results, "reason", None) or "backend_error"
-                    outputs.append(self._failed(item, model, template, reason, repr(results), results))
+                if item.draft.skip is not None:
+                    outputs.append(self._finish(item, Outcome("skipped", item.draft.text, item.draft.skip)))
+                elif isinstance(results, Exception):
+                    outputs.append(self._finish(item, _outcome_of_error(item.draft, results), results))
                 else:
-                    outputs.append(self._finish(item, by_index[i], model, template))
+                    outputs.append(self._finish(item, classify(item.draft.text, by_index[i])))
             except Exception as err:  # on_failure="raise": reported per item
                 outputs.append(err)
         return outputs
 
-    def _finish(self, item: _Item, result: CorrectionResult, model: str, template: str) -> Any:
-        original = message_text(item.message)
-        if result.status == "skipped":
-            return _output(item, "skipped", model, template, reason=result.reason, detail=result.detail)
-        if result.status == "ok" and result.text is not None:
-            if not result.text.strip():
-                return self._failed(item, model, template, "empty_correction", "the Aligner returned no text")
-            if result.text.strip() == original.strip():
-                return _output(item, "unchanged", model, template)
-            return _output(item, "corrected", model, template, text=result.text)
-        reason = result.reason or "backend_error"
-        return self._failed(
-            item, model, template, reason, result.detail, CorrectionFailed(reason, result.detail)
-        )
-
-    def _failed(
-        self,
-        item: _Item,
-        model: str,
-        template: str,
-        reason: str,
-        detail: str | None,
-        cause: BaseException | None = None,
-    ) -> Any:
-        if self.on_failure == "raise":
-            message = f"the Aligner ({model}) failed: {reason}" + (f" ({detail})" if detail else "")
-            raise AlignerError(message) from (cause or CorrectionFailed(reason, detail))
-        logger.warning("Aligner %s failed (%s), keeping the original answer: %s", model, reason, detail)
-        return _output(item, "failed", model, template, reason=reason, detail=detail)
+    def _finish(self, item: _Item, outcome: Outcome, cause: BaseException | None = None) -> Any:
+        """The output for one item, applying the failure policy to a failed outcome."""
+        model, template = self.describe_backend()
+        if outcome.status == "failed":
+            detail = f" ({outcome.detail})" if outcome.detail else ""
+            if self.on_failure == "raise":
+                message = f"the Aligner ({model}) failed: {outcome.reason}{detail}"
+                raise AlignerError(message) from (cause or outcome.error())
+            logger.warning(
+                "Aligner %s failed (%s), keeping the original answer%s", model, outcome.reason, detail
+            )
+        if item.kind == "str":
+            return outcome.text
+        return answer_after(item.draft, outcome, model=model, template=template)
 
 
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _checked(results: list[CorrectionResult], expected: int) -> list[CorrectionResult]:
-    if len(results) != expected:
-        raise AlignerError(f"the backend returned {len(results)} results for {expected} requests")
-    return results
+def _todo(items: list[_Item | Exception]) -> dict[int, _Item]:
+    """The items to send to the backend, by position."""
+    return {i: item for i, item in enumerate(items) if isinstance(item, _Item) and item.draft.skip is None}
+
+
+def _outcome_of_error(draft: Draft, err: Exception) -> Outcome:
+    if isinstance(err, CorrectionFailed):
+        return Outcome(err.status, draft.text, err.reason, err.detail)
+    return Outcome("failed", draft.text, getattr(err, "reason", None) or "backend_error", repr(err))
+
+
+def _outcome_of_chat(draft: Draft, result: BaseMessage) -> Outcome:
+    """The outcome reported by a :class:`ChatAligner` run (its metadata says corrected or unchanged)."""
+    status = result.response_metadata.get("aligner", {}).get("status")
+    if status == "corrected":
+        return Outcome("corrected", message_text(result))
+    return Outcome("unchanged", draft.text)
 
 
 def _raise_or_return(out: Any) -> Any:
     if isinstance(out, Exception):
         raise out
     return out
-
-
-def _output(
-    item: _Item,
-    status: AlignerStatus,
-    model: str,
-    template: str,
-    *,
-    text: str | None = None,
-    reason: str | None = None,
-    detail: str | None = None,
-) -> Any:
-    original = message_text(item.message)
-    if item.kind == "str":
-        return text if text is not None else original
-    meta = aligner_metadata(
-        status, original=original, model=model, template=template, reason=reason, detail=detail
-    )
-    message = replace_text(item.message, text) if text is not None else item.message
-    return with_metadata(message, meta)
-
-
-def _add(final: Any, chunk: Any) -> Any:
-    """Aggregate one upstream chunk (message chunks and strs add up; dicts merge by key)."""
-    if final is None:
-        return chunk
-    if isinstance(final, BaseMessageChunk) and isinstance(chunk, BaseMessageChunk):
-        return final + chunk
-    if isinstance(final, str) and isinstance(chunk, str):
-        return final + chunk
-    if isinstance(final, Mapping) and isinstance(chunk, Mapping):
-        return AddableDict(final) + AddableDict(chunk)
-    return chunk  # whole values (e.g. a full AIMessage): the latest wins
-
-
-_PIECES = re.compile(r"\S+\s*|\s+")
-
-
-def _as_chunks(out: Any) -> Iterator[Any]:
-    """The output as stream chunks: strs and AIMessageChunks (same id) whose sum is ``out``; the
-    message fields (metadata, usage, tool calls) ride on the first chunk only."""
-    if isinstance(out, str):
-        yield from _PIECES.findall(out) or [out]
-        return
-    if not isinstance(out, AIMessage):
-        yield out
-        return
-    pieces: list[Any] = [out.content]
-    if isinstance(out.content, str) and not out.tool_calls and not out.invalid_tool_calls:
-        pieces = _PIECES.findall(out.content) or [out.content]
-    for i, piece in enumerate(pieces):
-        last = i == len(pieces) - 1
-        if i == 0:
-            yield AIMessageChunk(
-                content=piece,
-                id=out.id,
-                name=out.name,
-                additional_kwargs=out.additional_kwargs,
-                response_metadata=out.response_metadata,
-                usage_metadata=out.usage_metadata,
-                tool_call_chunks=_tool_call_chunks(out),
-                chunk_position="last" if last else None,
-            )
-        else:
-            yield AIMessageChunk(content=piece, id=out.id, chunk_position="last" if last else None)
-
-
-def _tool_call_chunks(message: AIMessage) -> list[Any]:
-    chunks = [
-        tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
-        for i, c in enumerate(message.tool_calls)
-    ]
-    for c in message.invalid_tool_calls:
-        chunks.append(
-            tool_call_chunk(name=c.get("name"), args=c.get("args"), id=c.get("id"), index=len(chunks))
-        )
-    return chunks
-
-
-# --- with_aligner --------------------------------------------------------------------------------
-
-
-def with_aligner(upstream: Runnable[Any, Any], aligner: AlignerRunnable | None = None) -> Runnable[Any, Any]:
-    """Wrap a chat model (or a chain ending in one) so its answer is corrected knowing the question.
-
-    The returned runnable takes ``upstream``'s input (a str, a list of messages, a ``PromptValue``,
-    ``{"messages": [...]}``, or the input dict of a ``prompt | llm`` chain), runs ``upstream``, and
-    corrects its answer with the question = the last human message of that input (plus earlier turns
-    when ``aligner.history_turns > 0``). It is a traced run with stream/async/batch support; a batch
-    makes one Aligner call.
-    """
-    if not isinstance(upstream, Runnable):
-        raise TypeError(
-            f"upstream must be a LangChain Runnable (a chat model or chain), got {type(upstream).__name__}"
-        )
-    if aligner is None:
-        aligner = AlignerRunnable()
-    if not isinstance(aligner, AlignerRunnable):
-        raise TypeError(f"aligner must be an AlignerRunnable or None, got {type(aligner).__name__}")
-    context: RunnableLambda[Any, dict[str, Any]] = RunnableLambda(
-        lambda value: _question_and_history(upstream, value), name="aligner_question"
-    )
-    gather = RunnableParallel(answer=upstream, context=context)
-    unpack = RunnableLambda(_unpack, name="aligner_input")
-    return RunnableSequence(gather, unpack, aligner, name=f"{upstream.get_name()}WithAligner")
-
-
-def _unpack(value: Mapping[str, Any]) -> dict[str, Any]:
-    context = value.get("context") or {}
-    return {
-        "question": context.get("question", ""),
-        "history": context.get("history", []),
-        "answer": value["answer"],
-    }
-
-
-def _question_and_history(upstream: Runnable[Any, Any], value: Any) -> dict[str, Any]:
-    messages = _input_messages(upstream, value)
-    if messages is None:
-        return {"question": value if isinstance(value, str) else "", "history": []}
-    question, history = question_and_history(messages)
-    return {"question": question, "history": history}
-
-
-def _input_messages(upstream: Runnable[Any, Any], value: Any) -> list[BaseMessage] | None:
-    """The conversation in ``upstream``'s input, or ``None`` for a plain str question."""
-    if isinstance(value, str):
-        return None
-    if isinstance(value, PromptValue):
-        return value.to_messages()
-    if isinstance(value, Sequence):
-        return convert_to_messages(value)
-    if isinstance(value, Mapping):
-        if "messages" in value and isinstance(value["messages"], Sequence):
-            return convert_to_messages(value["messages"])
-        first = upstream.first if isinstance(upstream, RunnableSequence) else None
-        if first is not None:
-            rendered = first.invoke(value)
-            if isinstance(rendered, PromptValue):
-                return rendered.to_messages()
-        for key in ("question", "input", "query"):
-            if isinstance(value.get(key), str):
-                return None if not value[key] else convert_to_messages([("human", value[key])])
-    raise TypeError(
-        f"with_aligner cannot find the question in an input of type {type(value).__name__}; pass a str, "
-        "a list of messages, a PromptValue, {'messages': [...]}, or the input dict of a prompt | llm chain"
-    )

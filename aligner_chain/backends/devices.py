@@ -1,4 +1,5 @@
-"""Device and dtype choice for local models: ``"auto"`` picks CUDA, then MPS, then CPU."""
+"""Device and dtype choice for every local model, at inference and in training: ``"auto"`` picks
+CUDA, then MPS, then CPU; bfloat16 on CUDA, float16 on MPS, float32 elsewhere."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from aligner_chain.errors import AlignerError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["check_device", "check_dtype", "resolve_device", "resolve_dtype"]
+__all__ = ["bf16_supported", "check_device", "check_dtype", "resolve_device", "resolve_dtype"]
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
 _DTYPE_NAMES = {
@@ -69,6 +70,13 @@ def resolve_dtype(dtype: str | Any, device: str) -> torch.dtype:
         name = {"cuda": "bfloat16", "mps": "float16"}.get(kind, "float32")
     result: torch.dtype = getattr(torch, name)
     return result
+
+
+def bf16_supported() -> bool:
+    """Whether a CUDA device that computes in bfloat16 is here (bf16 training by default)."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def check_device(device: object) -> None:

@@ -1,5 +1,7 @@
-"""Where a local Aligner comes from: a model directory or hub id, a PEFT adapter on it, the tokenizer
-and the template saved at training time (``aligner_config.json``)."""
+"""Where a local model comes from and how it is loaded: a model directory or hub id, a PEFT adapter
+on it (recognised by ``adapter_config.json``), the tokenizer, and the template saved at training time
+(``aligner_config.json``). Inference (the Aligner, the bootstrap upstream) and training load causal
+LMs through :func:`load_causal_lm`: safetensors only, ``trust_remote_code`` as given."""
 
 from __future__ import annotations
 
@@ -8,11 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aligner_chain.aligner_config import load_aligner_config
+from aligner_chain.aligner_config import ALIGNER_CONFIG_NAME, load_aligner_config
 from aligner_chain.errors import AlignerError
 from aligner_chain.prompts import DEFAULT_TEMPLATE, AlignerTemplate, get_template
 
-__all__ = ["ADAPTER_CONFIG_NAME", "ModelSources", "load_adapter", "resolve_sources", "template_from_config"]
+__all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "ModelSources",
+    "is_adapter_dir",
+    "load_adapter",
+    "load_causal_lm",
+    "load_tokenizer",
+    "resolve_sources",
+    "template_from_config",
+]
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 
@@ -26,12 +37,17 @@ class ModelSources:
     tokenizer: str
 
 
+def is_adapter_dir(source: str | Path) -> bool:
+    """Whether ``source`` is a local directory holding a PEFT adapter (``adapter_config.json``)."""
+    return (Path(source) / ADAPTER_CONFIG_NAME).is_file()
+
+
 def template_from_config(model: str, adapter: str | None, revision: str | None) -> AlignerTemplate:
     """The template recorded in ``aligner_config.json`` (adapter first, then model), else the default."""
     for source in (adapter, model):
         if source is None:
             continue
-        directory = _config_dir(source, "aligner_config.json", revision)
+        directory = _config_dir(source, ALIGNER_CONFIG_NAME, revision)
         config = load_aligner_config(directory) if directory is not None else None
         if config is not None:
             return config.resolved_template()
@@ -108,11 +124,54 @@ def _tokenizer_source(adapter_dir: Path, adapter: str, base: str) -> str:
     return adapter if has_tokenizer and Path(adapter).is_dir() else base
 
 
-def load_adapter(model: Any, adapter: str, revision: str | None) -> Any:
+def load_adapter(model: Any, adapter: str, revision: str | None, *, merge: bool = True) -> Any:
+    """``model`` with the PEFT ``adapter`` on it, merged into the weights when it can be."""
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(model, adapter, revision=revision, is_trainable=False)
+    if not merge:
+        return peft_model
     try:
         return peft_model.merge_and_unload()  # plain weights: faster generate, same results
     except Exception:  # adapter types that cannot merge are served unmerged
         return peft_model
+
+
+def load_tokenizer(sources: ModelSources, *, revision: str | None, trust_remote_code: bool) -> Any:
+    """The tokenizer of ``sources`` (``revision`` applies when it comes from the model itself)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        sources.tokenizer, revision=revision, trust_remote_code=trust_remote_code
+    )
+
+
+def load_causal_lm(
+    sources: ModelSources,
+    *,
+    dtype: Any,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    base_revision: str | None = None,
+    adapter_revision: str | None = None,
+    merge: bool = True,
+) -> Any:
+    """``AutoModelForCausalLM`` for ``sources`` (safetensors only) with its adapter applied (merged
+    into the weights when possible, unless ``merge=False``), on ``device`` when given, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "revision": base_revision,
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,
+    }
+    if device is not None and device != "cpu":
+        kwargs["device_map"] = {"": device}
+    model: Any = AutoModelForCausalLM.from_pretrained(sources.base, **kwargs)
+    if sources.adapter is not None:
+        model = load_adapter(model, sources.adapter, adapter_revision, merge=merge)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model

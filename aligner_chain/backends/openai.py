@@ -14,30 +14,33 @@ decides; most servers then turn such text into control tokens.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import random
-import re
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-)
+from tenacity import AsyncRetrying, Retrying
 
 from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult
+from aligner_chain.backends.completions_api import (
+    StreamDecoder,
+    error_message,
+    result_from_response,
+)
 from aligner_chain.errors import CorrectionFailed
-from aligner_chain.prompts import DEFAULT_TEMPLATE, format_prompt, get_template, parse_correction
+from aligner_chain.prompts import DEFAULT_TEMPLATE, format_prompt, get_template
+from aligner_chain.retry import (
+    TransientStatus,
+    describe_error,
+    is_transient_error,
+    is_transient_status,
+    retry_options,
+)
 from aligner_chain.tokenization import encode_prompt
 
 __all__ = ["API_KEY_ENV", "OpenAIBackend"]
@@ -45,33 +48,7 @@ __all__ = ["API_KEY_ENV", "OpenAIBackend"]
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "ALIGNER_API_KEY"
-# finish_reason values that mean the model stopped by itself (vLLM/SGLang/llama.cpp say "stop";
-# TGI says "eos_token" or "stop_sequence").
-_FINISHED = frozenset({"stop", "eos", "eos_token", "stop_sequence"})
-# How servers say the prompt plus max_tokens does not fit the context (vLLM, SGLang, llama.cpp, TGI,
-# OpenAI): matched case-insensitively against the error message of a 400/413/422 response.
-_CONTEXT_ERROR = re.compile(
-    r"context[ _-]?(length|size|window)|maximum context|max_model_len|too long|too many tokens"
-    r"|must be <= \d+|exceeds? the (model'?s? )?(maximum|max|available)",
-    re.IGNORECASE,
-)
-_CONTEXT_STATUS = frozenset({400, 413, 422})
 _text_prompt_warned = False
-
-
-class _TransientStatus(Exception):
-    """An HTTP status worth retrying (408, 429, 5xx)."""
-
-    def __init__(self, status: int, message: str, retry_after: float | None) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.retry_after = retry_after
-
-
-def _is_transient(err: BaseException) -> bool:
-    return isinstance(
-        err, (_TransientStatus, httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
-    )
 
 
 class OpenAIBackend(AlignerBackend):
@@ -88,8 +65,8 @@ class OpenAIBackend(AlignerBackend):
         max_new_tokens: ``max_tokens`` of each request. A correction cut off at this length fails
             with reason ``"truncated"``; a prompt that does not fit is skipped with ``"too_long"``.
         timeout: seconds for each HTTP request (connect, read, write, pool).
-        max_retries: retries after the first attempt, for connection errors, timeouts, 408, 429 and
-            5xx. Other errors are not retried.
+        max_retries: retries after the first attempt, for transient errors (connection errors,
+            timeouts, 408, 409, 425, 429, 5xx: :mod:`aligner_chain.retry`). Others are not retried.
         max_concurrency: requests in flight at once per batch (and connections per client).
         tokenizer: the Aligner's tokenizer (hub id, local directory, or a loaded tokenizer); when given,
             prompts go out as token ids so answer text can never become a control token.
@@ -131,8 +108,7 @@ class OpenAIBackend(AlignerBackend):
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if retry_backoff < 0 or max_backoff < 0:
-            raise ValueError("retry_backoff and max_backoff must be >= 0 seconds")
+        retry_options(max_retries=max_retries, backoff=retry_backoff, max_backoff=max_backoff)  # checks them
         self._model = model
         self.base_url = _normalize_base_url(base_url)
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
@@ -199,21 +175,13 @@ class OpenAIBackend(AlignerBackend):
             self._tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=self._trust_remote_code)
         return self._tokenizer
 
-    def _wait(self, state: RetryCallState) -> float:
-        err = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(err, _TransientStatus) and err.retry_after is not None:
-            return min(err.retry_after, self.max_backoff)
-        exponential = self.retry_backoff * 2 ** (state.attempt_number - 1)
-        return min(self.max_backoff, exponential + random.uniform(0, self.retry_backoff))
-
     def _retry_options(self) -> dict[str, Any]:
-        return {
-            "stop": stop_after_attempt(self.max_retries + 1),
-            "wait": self._wait,
-            "retry": retry_if_exception(_is_transient),
-            "before_sleep": _log_retry,
-            "reraise": True,
-        }
+        return retry_options(
+            max_retries=self.max_retries,
+            backoff=self.retry_backoff,
+            max_backoff=self.max_backoff,
+            describe="completions request",
+        )
 
     # -- sync -------------------------------------------------------------------------------------
 
@@ -260,7 +228,7 @@ class OpenAIBackend(AlignerBackend):
             response = Retrying(**self._retry_options())(attempt)
         except Exception as err:
             return self._exhausted(err)
-        return _result_from_response(response.status_code, response.content)
+        return result_from_response(response.status_code, response.content)
 
     def stream(self, request: CorrectionRequest) -> Iterator[str]:
         payload = self._payload(request, stream=True)
@@ -268,7 +236,7 @@ class OpenAIBackend(AlignerBackend):
 
         def attempt() -> httpx.Response:
             response = client.send(client.build_request("POST", self.endpoint, json=payload), stream=True)
-            if _transient_status(response.status_code):
+            if is_transient_status(response.status_code):
                 response.read()
                 response.close()
                 _raise_if_transient(response)
@@ -277,12 +245,13 @@ class OpenAIBackend(AlignerBackend):
         try:
             response = Retrying(**self._retry_options())(attempt)
         except Exception as err:
-            _raise_failed(self._exhausted(err))
+            self._exhausted(err).text_or_raise()
+            raise  # not reached: an exhausted request is never ok
         try:
             if response.status_code >= 400:
                 response.read()
-                _raise_failed(_result_from_response(response.status_code, response.content))
-            decoder = _StreamDecoder()
+                result_from_response(response.status_code, response.content).text_or_raise()
+            decoder = StreamDecoder()
             try:
                 for line in response.iter_lines():
                     delta = decoder.feed(line)
@@ -291,7 +260,7 @@ class OpenAIBackend(AlignerBackend):
                     if decoder.done:
                         break
             except httpx.HTTPError as err:
-                raise CorrectionFailed("backend_error", f"stream broke off: {_describe(err)}") from err
+                raise CorrectionFailed("backend_error", f"stream broke off: {describe_error(err)}") from err
             decoder.finish()
         finally:
             response.close()
@@ -329,7 +298,7 @@ class OpenAIBackend(AlignerBackend):
             response: httpx.Response = await AsyncRetrying(**self._retry_options())(attempt)
         except Exception as err:
             return self._exhausted(err)
-        return _result_from_response(response.status_code, response.content)
+        return result_from_response(response.status_code, response.content)
 
     async def astream(self, request: CorrectionRequest) -> AsyncIterator[str]:
         payload = self._payload(request, stream=True)
@@ -338,7 +307,7 @@ class OpenAIBackend(AlignerBackend):
             async def attempt() -> httpx.Response:
                 built = client.build_request("POST", self.endpoint, json=payload)
                 response = await client.send(built, stream=True)
-                if _transient_status(response.status_code):
+                if is_transient_status(response.status_code):
                     await response.aread()
                     await response.aclose()
                     _raise_if_transient(response)
@@ -347,12 +316,13 @@ class OpenAIBackend(AlignerBackend):
             try:
                 response: httpx.Response = await AsyncRetrying(**self._retry_options())(attempt)
             except Exception as err:
-                _raise_failed(self._exhausted(err))
+                self._exhausted(err).text_or_raise()
+                raise  # not reached: an exhausted request is never ok
             try:
                 if response.status_code >= 400:
                     await response.aread()
-                    _raise_failed(_result_from_response(response.status_code, response.content))
-                decoder = _StreamDecoder()
+                    result_from_response(response.status_code, response.content).text_or_raise()
+                decoder = StreamDecoder()
                 try:
                     async for line in response.aiter_lines():
                         delta = decoder.feed(line)
@@ -361,7 +331,9 @@ class OpenAIBackend(AlignerBackend):
                         if decoder.done:
                             break
                 except httpx.HTTPError as err:
-                    raise CorrectionFailed("backend_error", f"stream broke off: {_describe(err)}") from err
+                    raise CorrectionFailed(
+                        "backend_error", f"stream broke off: {describe_error(err)}"
+                    ) from err
                 decoder.finish()
             finally:
                 await response.aclose()
@@ -370,15 +342,15 @@ class OpenAIBackend(AlignerBackend):
 
     def _exhausted(self, err: BaseException) -> CorrectionResult:
         """The result for a request that raised (after its retries, where the error was transient)."""
-        attempts = f" after {self.max_retries + 1} attempts" if _is_transient(err) else ""
-        if isinstance(err, _TransientStatus):
+        attempts = f" after {self.max_retries + 1} attempts" if is_transient_error(err) else ""
+        if isinstance(err, TransientStatus):
             return CorrectionResult.failed("server_error", f"{err}{attempts}")
         if isinstance(err, httpx.HTTPError):
             return CorrectionResult.failed(
-                "backend_error", f"{_describe(err)} calling {self.endpoint}{attempts}"
+                "backend_error", f"{describe_error(err)} calling {self.endpoint}{attempts}"
             )
         if isinstance(err, Exception):
-            return CorrectionResult.failed("backend_error", _describe(err))
+            return CorrectionResult.failed("backend_error", describe_error(err))
         raise err
 
 
@@ -406,130 +378,11 @@ def _note_text_prompts() -> None:
         )
 
 
-def _log_retry(state: RetryCallState) -> None:
-    err = state.outcome.exception() if state.outcome is not None else None
-    delay = state.next_action.sleep if state.next_action is not None else 0.0
-    logger.warning(
-        "completions request failed (%s); retry %d in %.2fs",
-        _describe(err) if err else "?",
-        state.attempt_number,
-        delay,
-    )
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _transient_status(status: int) -> bool:
-    return status in (408, 429) or status >= 500
-
-
 def _raise_if_transient(response: httpx.Response) -> None:
-    if _transient_status(response.status_code):
+    if is_transient_status(response.status_code):
         retry_after: float | None
         try:
             retry_after = float(response.headers.get("retry-after", ""))
         except ValueError:
             retry_after = None
-        raise _TransientStatus(response.status_code, _error_message(response.content), retry_after)
-
-
-def _raise_failed(result: CorrectionResult) -> NoReturn:
-    raise CorrectionFailed(result.reason or result.status, result.detail)
-
-
-def _error_message(body: bytes) -> str:
-    """The server's error message: OpenAI's ``{"error": {"message"}}``, TGI's ``{"error": "..."}``,
-    or vLLM's ``{"message"}``; else the body text."""
-    text = body.decode("utf-8", errors="replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:500] or "(empty body)"
-    return _message_from_json(data) or text[:500]
-
-
-def _message_from_json(data: Any) -> str | None:
-    if isinstance(data, dict):
-        error = data.get("error", data)
-        if isinstance(error, dict):
-            message = error.get("message") or error.get("detail")
-            return str(message) if message else json.dumps(error)[:500]
-        if isinstance(error, str):
-            return error
-    return None
-
-
-def _error_result(status: int, message: str) -> CorrectionResult:
-    if status in _CONTEXT_STATUS and _CONTEXT_ERROR.search(message):
-        return CorrectionResult.skipped("too_long", message)
-    return CorrectionResult.failed("server_error", f"HTTP {status}: {message}")
-
-
-def _result_from_response(status: int, body: bytes) -> CorrectionResult:
-    if status >= 400:
-        return _error_result(status, _error_message(body))
-    try:
-        choice = json.loads(body)["choices"][0]
-        text, finish_reason = choice["text"], choice.get("finish_reason")
-    except (ValueError, KeyError, IndexError, TypeError) as err:
-        return CorrectionResult.failed("backend_error", f"unreadable completions response ({_describe(err)})")
-    if finish_reason == "length":
-        return CorrectionResult.failed("truncated", "the correction reached max_new_tokens before EOS")
-    if finish_reason not in _FINISHED:
-        return CorrectionResult.failed("server_error", f"unexpected finish_reason {finish_reason!r}")
-    return CorrectionResult.ok(parse_correction(text))
-
-
-class _StreamDecoder:
-    """Turns SSE lines into correction deltas whose concatenation equals ``parse_correction(text)``:
-    leading whitespace is dropped and trailing whitespace is held back until more text follows."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.pending = ""
-        self.finish_reason: str | None = None
-        self.done = False
-
-    def feed(self, line: str) -> str:
-        if not line.startswith("data:"):
-            return ""  # blank separators, comments, event names
-        data = line[len("data:") :].strip()
-        if data == "[DONE]":
-            self.done = True
-            return ""
-        try:
-            chunk = json.loads(data)
-        except ValueError as err:
-            raise CorrectionFailed("backend_error", f"unreadable stream chunk {data[:200]!r}") from err
-        if isinstance(chunk, dict) and "error" in chunk:
-            result = _error_result(400, _message_from_json(chunk) or data[:500])
-            _raise_failed(result)
-        choices = chunk.get("choices") if isinstance(chunk, dict) else None
-        if not choices:
-            return ""  # e.g. a final usage-only chunk
-        choice = choices[0]
-        if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
-        return self._trim(choice.get("text") or "")
-
-    def _trim(self, text: str) -> str:
-        if not self.started:
-            text = text.lstrip()
-            if not text:
-                return ""
-            self.started = True
-        text = self.pending + text
-        body = text.rstrip()
-        self.pending = text[len(body) :]
-        return body
-
-    def finish(self) -> None:
-        if self.finish_reason == "length":
-            raise CorrectionFailed("truncated", "the correction reached max_new_tokens before EOS")
-        if self.finish_reason is None:
-            raise CorrectionFailed("backend_error", "the stream ended without a finish_reason")
-        if self.finish_reason not in _FINISHED:
-            raise CorrectionFailed("server_error", f"unexpected finish_reason {self.finish_reason!r}")
+        raise TransientStatus(response.status_code, error_message(response.content), retry_after)

@@ -181,7 +181,7 @@ async def test_astream_and_stream_retries(server: CompletionsServer) -> None:
     ],
 )
 def test_context_errors_of_known_servers_are_too_long(status: int, message: str) -> None:
-    from aligner_chain.backends.openai import _error_result
+    from aligner_chain.backends.completions_api import error_result as _error_result
 
     assert _error_result(status, message) == CorrectionResult.skipped("too_long", message)
     assert _error_result(500, message).status == "failed"

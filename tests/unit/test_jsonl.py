@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner_chain.jsonl import JsonlWriter, MalformedLine, append_jsonl, iter_jsonl
+from aligner_chain.jsonl import JsonlWriter, MalformedLine, iter_jsonl, write_jsonl
 
 
 def test_iter_jsonl_reports_malformed_lines_with_numbers(tmp_path: Path) -> None:
@@ -30,7 +30,9 @@ def test_iter_jsonl_raises_without_handler() -> None:
 
 def test_writer_appends_durably_and_repairs_a_cut_line(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "out.jsonl"
-    assert append_jsonl(path, [{"i": 0}, {"text": "é </s>"}]) == 2
+    with JsonlWriter(path) as first:
+        first.write_many([{"i": 0}, {"text": "é </s>"}])
+    assert first.rows_written == 2
     with path.open("a", encoding="utf-8") as handle:
         handle.write('{"i": 2, "cut off by a cra')  # a crash mid-row
     with JsonlWriter(path) as writer:
@@ -52,3 +54,11 @@ def test_writer_on_a_stream_flushes_and_leaves_it_open() -> None:
     writer.close()
     assert [json.loads(line) for line in stream.getvalue().splitlines()] == [{"a": 1}, {"b": 2}]
     assert writer.rows_written == 2 and not stream.closed
+
+
+def test_write_jsonl_replaces_the_file_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "rows.jsonl"
+    assert write_jsonl(path, [{"a": 1}, {"b": "é"}]) == 2
+    assert write_jsonl(path, iter([{"c": 3}])) == 1
+    assert path.read_text(encoding="utf-8") == '{"c": 3}\n'
+    assert [p.name for p in path.parent.iterdir()] == ["rows.jsonl"]  # no temporary file left

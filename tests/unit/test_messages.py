@@ -11,9 +11,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from aligner_chain.messages import (
     aligner_metadata,
     as_ai_message,
-    content_text,
-    extract_question,
     history_pairs,
+    message_text,
     normalize_history,
     question_and_history,
     replace_content,
@@ -28,15 +27,15 @@ CALL = {"name": "search", "args": {"q": "x"}, "id": "call-1"}
 
 
 def test_text_of_str_and_block_content() -> None:
-    assert content_text("plain") == "plain"
+    assert message_text(AIMessage("plain")) == "plain"
     blocks: list[Any] = [
         {"type": "text", "text": "Hello "},
         IMAGE,
         "world",
         {"type": "reasoning", "reasoning": "r"},
     ]
-    assert content_text(blocks) == "Hello world"
-    assert content_text(blocks) == AIMessage(content=blocks).text  # same rule as langchain_core
+    assert message_text(AIMessage(content=blocks)) == "Hello world"
+    assert type(message_text(AIMessage(content=blocks))) is str
 
 
 @pytest.mark.parametrize(
@@ -80,10 +79,9 @@ def test_question_is_the_last_human_message_before_the_answer() -> None:
         ToolMessage("tool result", tool_call_id="call-1"),
         AIMessage("final answer"),
     ]
-    assert extract_question(messages) == "second question"
-    assert extract_question(messages, answer_index=2) == "first question"
-    assert extract_question([AIMessage("no question")]) == ""
-    assert extract_question([HumanMessage("only a question")]) == "only a question"
+    assert split_conversation(messages[:3])[0] == "first question"
+    assert split_conversation([AIMessage("no question")])[0] == ""
+    assert question_and_history([HumanMessage("only a question")]) == ("only a question", [])
 
     question, history, answer = split_conversation(messages)
     assert question == "second question"

@@ -82,7 +82,7 @@ def test_history_is_folded_into_the_question():
         folded
         == "Conversation so far:\nUser: I am Ann.\nAssistant: Hi Ann.\nCurrent question: What is my name?"
     )
-    prompt = format_prompt("What is my name?", "Bob.", history=history, history_turns=2)
+    prompt = format_prompt(fold_history("What is my name?", history, 2), "Bob.")
     assert folded in prompt
     assert fold_history("Q", [], 3) == "Q"
     with pytest.raises(ValueError, match="history_turns must be >= 0"):

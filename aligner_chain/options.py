@@ -1,83 +1,31 @@
-"""The model options shared by :class:`AlignerRunnable` and :class:`ChatAligner`, and the one place
-that turns them into a backend (lazily: nothing loads until the first correction)."""
+"""``AlignerOptions``: which Aligner to use and how to run it, shared by :class:`AlignerRunnable`,
+:class:`ChatAligner` and the chat models built on them; the backend is built from them once, lazily
+(:func:`~aligner_chain.backends.factory.build_backend`), and nothing loads until the first correction.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
+from langchain_core.messages import AIMessage
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from aligner_chain.backends.base import AlignerBackend
+from aligner_chain.backends.factory import build_backend, check_backend_options, default_model
 from aligner_chain.prompts import get_template
 
-__all__ = ["DEFAULT_MODEL", "MODEL_ENV", "AlignerOptions", "build_backend", "default_model"]
+__all__ = ["AlignerOptions", "OnFailure", "SkipPredicate"]
 
-MODEL_ENV = "ALIGNER_MODEL"
-DEFAULT_MODEL = "aligner/aligner-7b-v1.0"
-
-
-def default_model() -> str:
-    """``$ALIGNER_MODEL`` when set, else the released ``aligner/aligner-7b-v1.0``."""
-    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-
-
-def build_backend(
-    model: str,
-    *,
-    adapter: str | None = None,
-    template: str | None = None,
-    max_new_tokens: int = 1024,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
-    revision: str | None = None,
-    max_batch_size: int = 8,
-    generation_kwargs: dict[str, Any] | None = None,
-) -> AlignerBackend:
-    """``OpenAIBackend`` when ``base_url`` is given, else a local ``TransformersBackend``.
-
-    Engines are imported here, on first use, so ``import aligner_chain`` stays light.
-    """
-    if base_url:
-        if adapter:
-            raise ValueError(
-                "adapter is for a local model; with base_url load the adapter in the server "
-                "(e.g. vLLM --lora-modules NAME=DIR) and pass NAME as model"
-            )
-        from aligner_chain.backends.openai import OpenAIBackend
-
-        return OpenAIBackend(
-            model,
-            base_url=base_url,
-            api_key=api_key,
-            template=template,
-            max_new_tokens=max_new_tokens,
-            max_concurrency=max_batch_size,
-            generation_kwargs=generation_kwargs,
-            trust_remote_code=trust_remote_code,
-        )
-    from aligner_chain.backends.transformers import TransformersBackend
-
-    return TransformersBackend(
-        model,
-        adapter=adapter,
-        template=template,
-        max_new_tokens=max_new_tokens,
-        device=device,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        max_batch_size=max_batch_size,
-        generation_kwargs=generation_kwargs,
-        revision=revision,
-    )
+OnFailure = Literal["passthrough", "raise"]
+"""``"passthrough"``: keep the original answer, flagged ``failed``; ``"raise"``: raise ``AlignerError``."""
+SkipPredicate = Callable[[AIMessage], bool]
 
 
 class AlignerOptions(BaseModel):
-    """Which Aligner to use and how to run it (mixed into the runnable and the chat model)."""
+    """Which Aligner to use and how to run it (mixed into the runnable and the chat models)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -95,6 +43,8 @@ class AlignerOptions(BaseModel):
     """Longest correction; one cut off at this length fails with reason ``"truncated"``."""
     history_turns: int = Field(default=0, ge=0)
     """Earlier turns folded into the question (0: the question alone)."""
+    skip: Any = Field(default=None, exclude=True)
+    """``skip(message) -> bool``; ``True`` leaves that answer untouched (status ``"skipped"``)."""
     base_url: str | None = None
     """An OpenAI-compatible completions server (vLLM, SGLang, ...) serving the Aligner."""
     api_key: str | None = Field(default=None, repr=False, exclude=True)
@@ -112,6 +62,13 @@ class AlignerOptions(BaseModel):
 
     _backend: AlignerBackend | None = PrivateAttr(default=None)
     _backend_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, /, **kwargs: Any) -> None:
+        if model is not None:
+            if "model" in kwargs:
+                raise TypeError("model given twice (positionally and as model=)")
+            kwargs["model"] = model
+        super().__init__(**kwargs)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -134,13 +91,17 @@ class AlignerOptions(BaseModel):
             get_template(value)  # ValueError naming the problem
         return value
 
+    @field_validator("skip")
+    @classmethod
+    def _callable_skip(cls, value: Any) -> Any:
+        if value is not None and not callable(value):
+            raise TypeError(f"skip must be a callable (message) -> bool, got {type(value).__name__}")
+        return value
+
     @model_validator(mode="after")
-    def _adapter_needs_local(self) -> AlignerOptions:
-        if self.base_url and self.adapter and self.backend is None:
-            raise ValueError(
-                "adapter is for a local model; with base_url load the adapter in the server "
-                "(e.g. vLLM --lora-modules NAME=DIR) and pass NAME as model"
-            )
+    def _backend_kind_options(self) -> AlignerOptions:
+        if self.backend is None:
+            check_backend_options(base_url=self.base_url, adapter=self.adapter, tokenizer=None)
         return self
 
     def get_backend(self) -> AlignerBackend:
@@ -151,7 +112,7 @@ class AlignerOptions(BaseModel):
         with self._backend_lock:
             if self._backend is None:
                 self._backend = build_backend(
-                    self.model or default_model(),
+                    self.model,
                     adapter=self.adapter,
                     template=self.template,
                     max_new_tokens=self.max_new_tokens,

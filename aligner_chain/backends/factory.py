@@ -1,0 +1,91 @@
+"""Which Aligner by default, and the one place that turns model options into a backend.
+
+Engines are imported on first use, so ``import aligner_chain`` stays light.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from aligner_chain.backends.base import AlignerBackend
+
+__all__ = ["DEFAULT_MODEL", "MODEL_ENV", "build_backend", "check_backend_options", "default_model"]
+
+MODEL_ENV = "ALIGNER_MODEL"
+DEFAULT_MODEL = "aligner/aligner-7b-v1.0"
+
+
+def default_model() -> str:
+    """``$ALIGNER_MODEL`` when set, else the released ``aligner/aligner-7b-v1.0``."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def check_backend_options(*, base_url: str | None, adapter: str | None, tokenizer: Any) -> None:
+    """Options that only make sense for one kind of backend.
+
+    Raises:
+        ValueError: ``adapter`` with ``base_url``, or ``tokenizer`` without it.
+    """
+    if base_url and adapter:
+        raise ValueError(
+            "adapter is for a local model; with base_url load the adapter in the server "
+            "(e.g. vLLM --lora-modules NAME=DIR) and pass NAME as model"
+        )
+    if tokenizer is not None and not base_url:
+        raise ValueError("tokenizer only applies with base_url (a local model uses its own tokenizer)")
+
+
+def build_backend(
+    model: str | None = None,
+    *,
+    adapter: str | None = None,
+    template: str | None = None,
+    max_new_tokens: int = 1024,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    tokenizer: Any = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    max_batch_size: int = 8,
+    generation_kwargs: Mapping[str, Any] | None = None,
+) -> AlignerBackend:
+    """An :class:`~aligner_chain.backends.openai.OpenAIBackend` when ``base_url`` is given, else a
+    local :class:`~aligner_chain.backends.transformers.TransformersBackend`. Nothing is loaded yet.
+
+    ``model`` defaults to :func:`default_model`; ``max_batch_size`` is the rows per ``generate``
+    locally and the requests in flight with a server; ``tokenizer`` (server only) sends token ids.
+    """
+    check_backend_options(base_url=base_url, adapter=adapter, tokenizer=tokenizer)
+    model = model or default_model()
+    if base_url:
+        from aligner_chain.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            template=template,
+            max_new_tokens=max_new_tokens,
+            max_concurrency=max_batch_size,
+            tokenizer=tokenizer,
+            generation_kwargs=generation_kwargs,
+            trust_remote_code=trust_remote_code,
+        )
+    from aligner_chain.backends.transformers import TransformersBackend
+
+    return TransformersBackend(
+        model,
+        adapter=adapter,
+        template=template,
+        max_new_tokens=max_new_tokens,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        max_batch_size=max_batch_size,
+        generation_kwargs=generation_kwargs,
+        revision=revision,
+    )
