@@ -32,9 +32,9 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "correct": Subcommand("aligner_chain.correct_command"),
-    "train": Subcommand("training.train_command", extra="train"),
-    "bootstrap": Subcommand("training.bootstrap_command", extra="train"),
-    "eval": Subcommand("training.eval_command", extra="train"),
+    "train": Subcommand("training.aligner.command", extra="train"),
+    "bootstrap": Subcommand("training.bootstrap.command", extra="train"),
+    "eval": Subcommand("training.evaluation.command", extra="train"),
 }
 
 

@@ -315,15 +315,15 @@ def _latency(values: Sequence[float]) -> dict[str, float]:
 def _requests(count: int) -> list[CorrectionRequest]:
     """``count`` (question, flawed answer) pairs from the synthetic task's held-out split, cycled."""
     from aligner_chain.backends.base import CorrectionRequest
-    from training.synthetic import make_synthetic_task
+    from training.demo.synthetic import make_synthetic_task
 
     rows = make_synthetic_task().held_out
     return [CorrectionRequest(rows[i % len(rows)].question, rows[i % len(rows)].answer) for i in range(count)]
 
 
 def _build_tiny(directory: Path, hidden_size: int, layers: int) -> Path:
-    from training.synthetic import make_synthetic_task
-    from training.tiny_model import build_tiny_model
+    from training.demo.synthetic import make_synthetic_task
+    from training.demo.tiny_model import build_tiny_model
 
     heads = 4 if hidden_size % 4 == 0 else 1
     return build_tiny_model(

@@ -1,8 +1,8 @@
 """The whole loop, offline, in a few minutes on a laptop CPU: data, base model, Aligner, corrected chain.
 
-1. Write a small correction dataset (``training.synthetic``): questions about capitals, sums and
+1. Write a small correction dataset (``training.demo.synthetic``): questions about capitals, sums and
    units, flawed answers that state a wrong value, and corrections that only the question fixes.
-2. Build a tiny base model and tokenizer from scratch (``training.tiny_model``): nothing is downloaded.
+2. Build a tiny base model and tokenizer from scratch (``training.demo.tiny_model``): nothing is downloaded.
 3. Train an Aligner on it with ``aligner-chain train`` (the ``tiny-cpu`` recipe: identity warm-up,
    then the residual corrections) into ``runs/quickstart/aligner``.
 4. Run an upstream chat model that replays flawed answers to questions the Aligner never saw paired
@@ -30,9 +30,9 @@ from langchain_core.messages import AIMessage
 
 from aligner_chain import AlignerRunnable, with_aligner
 from aligner_chain.cli import main as aligner_chain_cli
-from training.data import CorrectionRow
-from training.synthetic import make_synthetic_task, write_jsonl
-from training.tiny_model import build_tiny_model
+from training.aligner.data import CorrectionRow
+from training.demo.synthetic import make_synthetic_task, write_jsonl
+from training.demo.tiny_model import build_tiny_model
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

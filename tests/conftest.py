@@ -21,7 +21,7 @@ TINY_CORPUS = [
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Llama and its byte-level BPE tokenizer, saved with save_pretrained."""
-    from training.tiny_model import build_tiny_model
+    from training.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), TINY_CORPUS)
 
@@ -34,8 +34,8 @@ def trained_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     combinations); train.jsonl and the base model lie next to it. About 45 s on 2 cores, once per run.
     """
     from aligner_chain.cli import main as cli
-    from training.synthetic import make_synthetic_task, write_jsonl
-    from training.tiny_model import build_tiny_model
+    from training.demo.synthetic import make_synthetic_task, write_jsonl
+    from training.demo.tiny_model import build_tiny_model
 
     out = tmp_path_factory.mktemp("trained-aligner")
     task = make_synthetic_task()

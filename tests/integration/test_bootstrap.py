@@ -24,10 +24,10 @@ import pytest
 from aligner_chain.backends.callable import CallableBackend
 from aligner_chain.runnable import AlignerRunnable
 from training.bootstrap import split_prompts
-from training.collect import PREFERENCES_FILE, SFT_FILE, collect_preferences
-from training.local_upstream import UPSTREAM_CONFIG_NAME, LocalUpstream
-from training.synthetic import _all_rows
-from training.upstream_training import completion_logprobs, preference_margins, train_upstream
+from training.bootstrap.collect import PREFERENCES_FILE, SFT_FILE, collect_preferences
+from training.bootstrap.local_upstream import UPSTREAM_CONFIG_NAME, LocalUpstream
+from training.bootstrap.upstream_trainer import completion_logprobs, preference_margins, train_upstream
+from training.demo.synthetic import _all_rows
 
 SEED = 0
 #: The flaw every upstream answer ends with, which an Aligner removes (with the wrong value).
@@ -63,7 +63,7 @@ def one_thread() -> Iterator[None]:
 
 def build_task(tmp_path_factory: pytest.TempPathFactory) -> Task:
     """45 questions, a flawed and a right answer each, and an upstream trained to answer flawed."""
-    from training.tiny_model import build_tiny_model
+    from training.demo.tiny_model import build_tiny_model
 
     rows = _all_rows()
     rng = random.Random(SEED)

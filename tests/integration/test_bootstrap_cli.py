@@ -32,9 +32,9 @@ from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
 from aligner_chain.cli import main
 from tests.integration.test_bootstrap import RUDE, Task, build_task
 from training.bootstrap import MANIFEST_FILE, split_prompts
-from training.collect import ANSWERS_FILE, DONE_FILE, PREFERENCES_FILE, SFT_FILE
-from training.local_upstream import LocalUpstream
-from training.resumable import JsonlLog
+from training.bootstrap.collect import ANSWERS_FILE, DONE_FILE, PREFERENCES_FILE, SFT_FILE
+from training.bootstrap.local_upstream import LocalUpstream
+from training.common.resumable import JsonlLog
 
 #: Generation caps: the task's flawed answers take at most 15 tokens with EOS, corrections 10.
 UPSTREAM_TOKENS = "24"
@@ -115,8 +115,13 @@ class UpstreamSpy:
     @contextlib.contextmanager
     def installed(self) -> Iterator[UpstreamSpy]:
         real = LocalUpstream._generate_batch
+        one_at_a_time = threading.Lock()  # callers come from many threads: count them exactly
 
         def spy(upstream: LocalUpstream, batch: list[list[BaseMessage]]) -> list[str]:
+            with one_at_a_time:
+                return counted(upstream, batch)
+
+        def counted(upstream: LocalUpstream, batch: list[list[BaseMessage]]) -> list[str]:
             questions = [str([m for m in ms if isinstance(m, HumanMessage)][-1].text) for ms in batch]
             mine = upstream.model == self.crash_on
             before = len(self.questions(upstream.model))

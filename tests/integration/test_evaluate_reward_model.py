@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.evaluate import EvalRow, reward_model_win_rates
-from training.judges import RewardModelJudge
+from training.evaluation import EvalRow, reward_model_win_rates
+from training.evaluation.judges import RewardModelJudge
 
 ROWS = [
     EvalRow("How do I boil an egg?", "Put it in the microwave.", "Simmer it for nine minutes."),
@@ -25,7 +25,7 @@ def reward_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from training.tiny_model import build_tiny_tokenizer
+    from training.demo.tiny_model import build_tiny_tokenizer
 
     corpus = [t for r in ROWS for t in (r.question, r.original, r.corrected)] * 5
     tokenizer = build_tiny_tokenizer(corpus, vocab_size=300)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not REAL_DATA.is_file(), reason=f"real data not 
 
 @pytest.fixture(scope="module")
 def real_rows():
-    from training.data import load_correction_data
+    from training.aligner.data import load_correction_data
 
     return load_correction_data(REAL_DATA)
 
@@ -31,8 +31,8 @@ def test_all_real_rows_load(real_rows):
 
 
 def test_real_rows_tokenize_with_the_loss_on_the_correction_only(real_rows):
-    from training.data import IGNORE_INDEX, identity_rows, tokenize_rows
-    from training.tiny_model import build_tiny_tokenizer
+    from training.aligner.data import IGNORE_INDEX, identity_rows, tokenize_rows
+    from training.demo.tiny_model import build_tiny_tokenizer
 
     rows = real_rows.rows[:120]
     tokenizer = build_tiny_tokenizer([format_prompt(r.question, r.answer) + " " + r.correction for r in rows])

@@ -11,7 +11,7 @@ from tests.conftest import TINY_CORPUS
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from training.tiny_model import build_tiny_tokenizer
+    from training.demo.tiny_model import build_tiny_tokenizer
 
     return build_tiny_tokenizer(TINY_CORPUS)
 

@@ -22,9 +22,9 @@ from langchain_core.messages import AIMessage
 
 from aligner_chain import AlignerRunnable
 from aligner_chain.cli import main as cli_main
-from training.data import CorrectionRow
-from training.synthetic import SyntheticTask, make_synthetic_task, write_jsonl
-from training.tiny_model import build_tiny_model
+from training.aligner.data import CorrectionRow
+from training.demo.synthetic import SyntheticTask, make_synthetic_task, write_jsonl
+from training.demo.tiny_model import build_tiny_model
 
 # Measured on a 2-core CPU: 8 epochs reach 97% held-out exact match, 10 epochs 95-97% (two seeds);
 # 6 epochs only 90%, so 10 leaves a margin.
@@ -140,7 +140,7 @@ def lora_run(small_file: Path, base_dir: Path, workdir: Path) -> LoraRun:
     """A short LoRA run (warm-up and residual stage), its training log and the base's hash before it."""
     before = _sha256(base_dir / "model.safetensors")
     output = workdir / "lora"
-    with _logs("training.sft") as messages:
+    with _logs("training.aligner.trainer") as messages:
         code = _train(small_file, base_dir, output, *LORA_FLAGS)
     assert code == 0
     return LoraRun(output, list(messages), before)
@@ -207,7 +207,7 @@ def test_warm_up_stage_teaches_copying_and_the_residual_stage_starts_from_it(
     train_file: Path, base_dir: Path, workdir: Path, task: SyntheticTask
 ) -> None:
     output = workdir / "warmup-only"
-    with _logs("training.sft") as messages:
+    with _logs("training.aligner.trainer") as messages:
         code = _train(train_file, base_dir, output, "--identity-fraction", "1.0", "--max-steps", WARMUP_STEPS)
     assert code == 0
     # Stage order: every warm-up message comes before the first residual one.
@@ -424,7 +424,7 @@ def test_empty_and_non_string_rows_are_dropped_and_counted(
     data = tmp_path / "mixed.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in good + bad))
     output = tmp_path / "out"
-    with _logs("training.data") as messages:
+    with _logs("training.aligner.data") as messages:
         assert _train(data, base_dir, output, "--identity-fraction", "0", "--max-steps", "1") == 0
     assert any(
         "loaded 8 rows" in m and "dropped 2 with an empty field, 2 with a non-string" in m for m in messages

@@ -21,7 +21,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableLambda
 from pydantic import Field, PrivateAttr
 
-from training.collect import (
+from training.bootstrap.collect import (
     ANSWERS_FILE,
     DONE_FILE,
     PREFERENCES_FILE,

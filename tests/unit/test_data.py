@@ -1,4 +1,4 @@
-"""training.data: loading every format, bad-data errors, dropped rows, the warm-up set, tokenized rows."""
+"""training.aligner.data: every format, bad-data errors, dropped rows, the warm-up set, tokenized rows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from aligner_chain.prompts import format_prompt
 from aligner_chain.tokenization import encode_prompt
-from training.data import (
+from training.aligner.data import (
     IGNORE_INDEX,
     CorrectionRow,
     identity_rows,
@@ -109,7 +109,7 @@ def test_empty_and_non_string_rows_are_dropped_and_counted(tmp_path, caplog):
         ["not", "an", "object"],
     ]
     path = _write(tmp_path / "mixed.jsonl", ROWS + bad, "jsonl")
-    with caplog.at_level(logging.INFO, logger="training.data"):
+    with caplog.at_level(logging.INFO, logger="training.aligner.data"):
         data = load_correction_data(path)
     assert data.rows == EXPECTED
     assert data.dropped == {"empty": 2, "non_string": 4}
@@ -140,7 +140,7 @@ def test_identity_rows_are_a_seeded_share_with_correction_equal_to_answer():
 
 
 def test_tokenized_rows_mask_the_prompt_end_with_eos_and_drop_long_rows():
-    from training.tiny_model import build_tiny_tokenizer
+    from training.demo.tiny_model import build_tiny_tokenizer
 
     rows = [*EXPECTED, CorrectionRow("long " * 40, "answer", "fixed")]
     tokenizer = build_tiny_tokenizer([format_prompt(r.question, r.answer) + " " + r.correction for r in rows])

@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr
 
-from training.evaluate import (
+from training.evaluation import (
     EvalRow,
     judge_win_rates,
     load_eval_rows,
@@ -23,7 +23,7 @@ from training.evaluate import (
     omega,
     write_reports,
 )
-from training.judges import JUDGE_PROMPTS, parse_verdict, resolve_judge_prompts
+from training.evaluation.judges import JUDGE_PROMPTS, parse_verdict, resolve_judge_prompts
 
 _ANSWER = re.compile(r"\[The Start of Answer (A|B)\]\n(.*?)\n\[The End of Answer \1\]", re.S)
 

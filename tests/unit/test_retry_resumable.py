@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from training.resumable import JsonlLog, stable_key, write_jsonl_atomic
-from training.retry import call_with_retries, is_transient_error, map_as_completed
+from aligner_chain.jsonl import write_jsonl
+from aligner_chain.retry import is_transient_error, is_transient_status
+from training.common.concurrency import call_with_retries, map_as_completed
+from training.common.resumable import JsonlLog, stable_key
 
 
 class _HTTPError(Exception):
@@ -56,6 +58,19 @@ class _QuotaError(Exception):
 )
 def test_is_transient_error(error: BaseException, transient: bool) -> None:
     assert is_transient_error(error) is transient
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [
+        *((code, True) for code in (408, 409, 425, 429, 500, 503, 529)),
+        *((code, False) for code in (400, 401, 403, 404, 413, 422)),
+    ],
+)
+def test_one_definition_of_a_transient_status(status: int, transient: bool) -> None:
+    """The OpenAI backend and the bootstrap/eval clients share it (aligner_chain.retry)."""
+    assert is_transient_status(status) is transient
+    assert is_transient_error(_HTTPError(status)) is transient
 
 
 def test_retry_on_adds_types() -> None:
@@ -182,7 +197,7 @@ def test_jsonl_log_is_thread_safe(tmp_path: Path) -> None:
 
 def test_write_jsonl_atomic_replaces_the_file(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "rows.jsonl"
-    write_jsonl_atomic(target, [{"a": 1}, {"a": 2}])
-    write_jsonl_atomic(target, iter([{"a": 3}]))
+    write_jsonl(target, [{"a": 1}, {"a": 2}])
+    write_jsonl(target, iter([{"a": 3}]))
     assert [json.loads(line) for line in target.read_text().splitlines()] == [{"a": 3}]
     assert not (tmp_path / "sub" / "rows.jsonl.tmp").exists()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from aligner_chain import cli
-from training import train_command
-from training.config import DEFAULT_LR_FULL, DEFAULT_LR_LORA, TrainConfig
+from training.aligner import command as train_command
+from training.aligner.config import DEFAULT_LR_FULL, DEFAULT_LR_LORA, TrainConfig
 
 REQUIRED = ["--data", "d.jsonl", "--base-model", "base", "--output-dir", "out"]
 

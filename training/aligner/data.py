@@ -8,8 +8,6 @@ rendered by :func:`aligner_chain.prompts.format_prompt` and encoded by
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aligner_chain.prompts import AlignerTemplate, format_completion, format_prompt, get_template
 from aligner_chain.tokenization import encode_completion, encode_prompt
+from training.common.records import read_records
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -87,61 +86,6 @@ def _resolve_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
     return mapping
 
 
-def _read_records(source: str, split: str) -> list[dict[str, Any]]:
-    """Raw records from a file, a ``save_to_disk`` directory or a hub dataset id."""
-    path = Path(source)
-    try:
-        if path.is_dir():
-            return _read_saved_dataset(path, split)
-        if path.is_file():
-            suffix = path.suffix.lower()
-            if suffix == ".jsonl":
-                with path.open(encoding="utf-8") as fh:
-                    return [json.loads(line) for line in fh if line.strip()]
-            if suffix == ".json":
-                data = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(data, dict) and isinstance(data.get("data"), list):
-                    data = data["data"]
-                if not isinstance(data, list):
-                    raise ValueError("a .json file must hold a list of objects (use .jsonl for one per line)")
-                return data
-            if suffix == ".csv":
-                with path.open(encoding="utf-8", newline="") as fh:
-                    return list(csv.DictReader(fh))
-            raise ValueError(f"unsupported file type {suffix!r}; use .json, .jsonl or .csv")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
-        raise ValueError(f"cannot read training data {source}: {err}") from err
-    except ValueError as err:
-        raise ValueError(f"cannot read training data {source}: {err}") from err
-    if path.suffix.lower() in {".json", ".jsonl", ".csv"} or source.startswith((".", "/", "~")):
-        raise ValueError(f"cannot read training data {source}: no such file or directory")
-    return _read_hub_dataset(source, split)
-
-
-def _read_saved_dataset(path: Path, split: str) -> list[dict[str, Any]]:
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        loaded = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"not a directory written by datasets' save_to_disk ({err})") from err
-    if isinstance(loaded, DatasetDict):
-        if split not in loaded:
-            raise ValueError(f"split {split!r} not found; splits are {sorted(loaded)}")
-        loaded = loaded[split]
-    return [dict(r) for r in loaded]
-
-
-def _read_hub_dataset(source: str, split: str) -> list[dict[str, Any]]:
-    from datasets import load_dataset
-
-    try:
-        ds = load_dataset(source, split=split)
-    except Exception as err:  # the hub raises many types; all mean "cannot read it"
-        raise ValueError(f"cannot read training data {source} (hub dataset, split {split!r}): {err}") from err
-    return [dict(r) for r in ds]
-
-
 def load_correction_data(
     source: str | Path, *, columns: Mapping[str, str] | None = None, split: str = "train"
 ) -> CorrectionData:
@@ -161,7 +105,7 @@ def load_correction_data(
     """
     source = str(source)
     mapping = _resolve_columns(columns)
-    records = _read_records(source, split)
+    records = read_records(source, split, what="training data")
     found: list[str] = []
     for record in records:
         if isinstance(record, Mapping):

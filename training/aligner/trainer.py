@@ -1,6 +1,6 @@
 """Aligner fine-tuning: identity warm-up, then the residual correction stage.
 
-``train_aligner(config)`` runs TRL's ``SFTTrainer`` (with PEFT LoRA by default, full fine-tuning with
+:func:`train_aligner` runs TRL's ``SFTTrainer`` (with PEFT LoRA by default, full fine-tuning with
 ``full=True``, QLoRA with ``qlora=True``) on pre-tokenized prompt + completion rows whose labels mask
 the prompt. Stage 1 ("warmup") trains on identity rows (correction = answer) so the model learns to
 copy; stage 2 ("residual") continues from the stage-1 weights on the correction rows.
@@ -12,10 +12,10 @@ Layout of ``output_dir``::
     checkpoints/warmup/checkpoint-N, checkpoints/warmup/final, checkpoints/residual/checkpoint-N
 
 ``AlignerRunnable(model=output_dir)`` loads it directly. Several GPUs: run the same command under
-``accelerate launch`` (configs in ``training/accelerate/``), e.g.::
+``accelerate launch`` (configs in ``training/aligner/accelerate/``), e.g.::
 
-    accelerate launch --config_file training/accelerate/ddp.yaml -m aligner_chain.cli train \\
-        --config training/recipes/lora-7b.yaml --data data.jsonl --output-dir runs/aligner-7b
+    accelerate launch --config_file training/aligner/accelerate/ddp.yaml -m aligner_chain.cli train \\
+        --config training/aligner/recipes/lora-7b.yaml --data data.jsonl --output-dir runs/aligner-7b
 """
 
 from __future__ import annotations
@@ -29,14 +29,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aligner_chain.aligner_config import AlignerConfig, save_aligner_config
+from aligner_chain.backends.devices import bf16_supported, resolve_dtype
 from aligner_chain.prompts import get_template
-from training.config import TrainConfig
-from training.data import CorrectionRow, identity_rows, load_correction_data, to_dataset, tokenize_rows
+from training.aligner.config import TrainConfig
+from training.aligner.data import (
+    CorrectionRow,
+    identity_rows,
+    load_correction_data,
+    to_dataset,
+    tokenize_rows,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, TrainerCallback
 
-__all__ = ["STAGE_DONE_NAME", "StageResult", "TrainResult", "train_aligner", "train_aligner_with_result"]
+__all__ = ["STAGE_DONE_NAME", "StageResult", "TrainResult", "train_aligner"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,29 +80,15 @@ def _resolve_base(base_model: str) -> str:
 
 
 def _use_bf16(config: TrainConfig) -> bool:
-    if config.bf16 is not None:
-        return config.bf16
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bf16_supported() if config.bf16 is None else config.bf16
 
 
 def _torch_dtype(config: TrainConfig) -> Any:
-    import torch
-
+    """The dtype the base loads in: as set, else float32 for full fine-tuning (float32 master
+    weights, bf16 autocast) and bfloat16 for a frozen LoRA base where bf16 is supported."""
     if config.dtype != "auto":
-        try:
-            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-                config.dtype
-            ]
-        except KeyError:
-            raise ValueError(
-                f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {config.dtype!r}"
-            ) from None
-    # Full fine-tuning keeps float32 master weights (bf16 autocast); a frozen LoRA base can be bf16.
-    if not config.full and _use_bf16(config):
-        return torch.bfloat16
-    return torch.float32
+        return resolve_dtype(config.dtype, "cpu")
+    return resolve_dtype("bfloat16" if not config.full and _use_bf16(config) else "float32", "cpu")
 
 
 def _check_qlora() -> None:
@@ -109,7 +102,11 @@ def _check_qlora() -> None:
 def _load_base(config: TrainConfig, base: str) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(config), "trust_remote_code": config.trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "dtype": _torch_dtype(config),
+        "trust_remote_code": config.trust_remote_code,
+        "use_safetensors": True,
+    }
     if config.qlora:
         import torch
         from accelerate import PartialState
@@ -166,6 +163,8 @@ def _sft_config(config: TrainConfig, stage_dir: Path) -> Any:
         max_steps=config.max_steps,
         learning_rate=config.resolved_learning_rate,
         lr_scheduler_type=config.lr_scheduler_type,
+        # transformers 5 reads a float below 1 in ``warmup_steps`` as a share of the steps (its
+        # ``warmup_ratio`` is deprecated): this is the warm-up ratio.
         warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
         per_device_train_batch_size=config.batch_size,
@@ -283,8 +282,15 @@ def _merge_adapter(config: TrainConfig, base: str, adapter_dir: Path, output_dir
     merged.save_pretrained(str(output_dir), safe_serialization=True)
 
 
-def train_aligner_with_result(config: TrainConfig) -> TrainResult:
-    """Like :func:`train_aligner`, returning what each stage did as well."""
+def train_aligner(config: TrainConfig) -> TrainResult:
+    """Train an Aligner as ``config`` says; ``result.output_dir`` is what inference loads, and
+    ``result.stages`` says what each stage did.
+
+    Raises:
+        ValueError: bad data, a template that does not end on a token boundary, checkpoints in
+            ``output_dir`` without ``resume``, or an invalid setting.
+        ImportError: ``qlora=True`` without bitsandbytes.
+    """
     from transformers import AutoTokenizer, set_seed
 
     config.validate()
@@ -357,14 +363,3 @@ def train_aligner_with_result(config: TrainConfig) -> TrainResult:
         logger.info("saved the Aligner to %s (%s)", output_dir, "merged model" if merged else "LoRA adapter")
     trainer.accelerator.wait_for_everyone()
     return result
-
-
-def train_aligner(config: TrainConfig) -> Path:
-    """Train an Aligner as ``config`` says and return the output directory inference loads.
-
-    Raises:
-        ValueError: bad data, a template that does not end on a token boundary, checkpoints in
-            ``output_dir`` without ``resume``, or an invalid setting.
-        ImportError: ``qlora=True`` without bitsandbytes.
-    """
-    return train_aligner_with_result(config).output_dir

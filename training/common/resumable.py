@@ -8,9 +8,7 @@ item, so a restart skips what is already done and nothing is paid for twice.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 from aligner_chain.jsonl import JsonlWriter, MalformedLine, iter_jsonl
 
-__all__ = ["JsonlLog", "stable_key", "write_jsonl_atomic"]
+__all__ = ["JsonlLog", "stable_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +68,3 @@ class JsonlLog:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.read())
-
-
-def write_jsonl_atomic(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
-    """Write ``records`` to ``path`` through a temporary file and an atomic rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    return target

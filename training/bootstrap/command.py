@@ -96,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from aligner_chain.runnable import AlignerRunnable
-
-    from training.bootstrap import run_bootstrap
+    from training.bootstrap.rounds import run_bootstrap
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")

@@ -12,21 +12,11 @@ from typing import Any
 import httpx
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr, SecretStr
 
 __all__ = ["OpenAICompatibleChat"]
-
-
-def _role(message: BaseMessage) -> str:
-    if isinstance(message, SystemMessage):
-        return "system"
-    if isinstance(message, HumanMessage):
-        return "user"
-    if isinstance(message, AIMessage):
-        return "assistant"
-    raise TypeError(f"OpenAICompatibleChat sends system, human and AI messages, not {message.type!r}")
 
 
 class OpenAICompatibleChat(BaseChatModel):
@@ -66,7 +56,7 @@ class OpenAICompatibleChat(BaseChatModel):
     ) -> ChatResult:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": _role(m), "content": str(m.text)} for m in messages],
+            "messages": convert_to_openai_messages(messages, text_format="string"),
             "temperature": self.temperature,
             **({"max_tokens": self.max_tokens} if self.max_tokens else {}),
             **({"stop": stop} if stop else {}),

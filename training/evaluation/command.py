@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from training.evaluate import (
+    from training.evaluation.win_rates import (
         judge_win_rates,
         load_eval_rows,
         markdown_table,
@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from pydantic import SecretStr
 
-        from training.http_chat import OpenAICompatibleChat
+        from training.evaluation.chat_client import OpenAICompatibleChat
 
         if not args.judge_model:
             raise ValueError("--judge-base-url needs --judge-model (the model name the endpoint serves)")

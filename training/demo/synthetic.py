@@ -9,13 +9,13 @@ seen: an Aligner passes only if it reads the question instead of memorising answ
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aligner_chain import jsonl
 from aligner_chain.prompts import format_prompt
-from training.data import CorrectionRow
+from training.aligner.data import CorrectionRow
 
 __all__ = ["SyntheticTask", "make_synthetic_task", "write_jsonl"]
 
@@ -132,11 +132,5 @@ def make_synthetic_task(
 
 def write_jsonl(rows: list[CorrectionRow], path: str | Path) -> Path:
     """Write rows as JSONL with ``question``, ``answer`` and ``correction`` fields."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(
-                json.dumps({"question": r.question, "answer": r.answer, "correction": r.correction}) + "\n"
-            )
-    return out
+    jsonl.write_jsonl(path, (asdict(r) for r in rows))
+    return Path(path)

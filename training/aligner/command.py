@@ -20,14 +20,14 @@ directory holds the LoRA adapter (its base model recorded) or, with --full or --
 plus the tokenizer and aligner_config.json (the template), so inference loads it directly:
 AlignerRunnable(model=OUTPUT_DIR) or `aligner-chain correct --model OUTPUT_DIR`.
 
---config takes a YAML recipe (a file, or the name of one shipped in training/recipes: paper-full,
+--config takes a YAML recipe (a file, or the name of one shipped in training/aligner/recipes: paper-full,
 lora-2b, lora-7b, tiny-cpu); flags given on the command line override the recipe's values.
-Several GPUs: run the same command under `accelerate launch` (configs in training/accelerate/).
+Several GPUs: run the same command under `accelerate launch` (configs in training/aligner/accelerate/).
 
 examples:
   aligner-chain train --data train.jsonl --base-model google/gemma-2b --output-dir runs/aligner-2b
   aligner-chain train --config lora-7b --data aligner-20k.jsonl --output-dir runs/aligner-7b --merge
-  accelerate launch --config_file training/accelerate/deepspeed-zero3.yaml -m aligner_chain.cli \\
+  accelerate launch --config_file training/aligner/accelerate/deepspeed-zero3.yaml -m aligner_chain.cli \\
       train --config paper-full --data train.jsonl --base-model meta-llama/Llama-2-7b-hf \\
       --output-dir runs/aligner-7b-full
 """
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="RECIPE",
         help="YAML recipe: a path or a shipped name (paper-full, lora-2b, lora-7b, tiny-cpu); its keys "
-        "are the settings of training.config.TrainConfig",
+        "are the settings of training.aligner.config.TrainConfig",
     )
     stages = parser.add_argument_group("warm-up and schedule")
     stages.add_argument(
@@ -188,7 +188,7 @@ def _column_map(text: str) -> dict[str, str]:
 
 
 def resolve_recipe(name_or_path: str) -> Path:
-    """A recipe file: an existing path, or the name of a recipe shipped in ``training/recipes``."""
+    """A recipe file: an existing path, or the name of a recipe shipped in ``training/aligner/recipes``."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
@@ -208,7 +208,7 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     """
     import yaml
 
-    from training.config import TrainConfig
+    from training.aligner.config import TrainConfig
 
     path = resolve_recipe(name_or_path)
     try:
@@ -233,7 +233,7 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The ``TrainConfig`` for ``args``: recipe values, then every flag the user gave on top."""
-    from training.config import TrainConfig
+    from training.aligner.config import TrainConfig
 
     settings: dict[str, Any] = load_recipe(args.config) if args.config else {}
     known = set(TrainConfig.field_names())
@@ -261,10 +261,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"aligner-chain train: error: {err}", file=sys.stderr)
         return 2
-    from training.sft import train_aligner_with_result
+    from training.aligner.trainer import train_aligner
 
     try:
-        result = train_aligner_with_result(config)
+        result = train_aligner(config)
     except (ValueError, ImportError) as err:  # bad data, or --qlora without bitsandbytes
         print(f"aligner-chain train: error: {err}", file=sys.stderr)
         return 2

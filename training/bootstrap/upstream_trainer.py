@@ -2,13 +2,12 @@
 
 Both go through TRL (``SFTTrainer`` / ``DPOTrainer``) with a PEFT LoRA adapter by default; with
 LoRA, DPO's reference model is the same model with its adapter disabled. The output directory is a
-model :class:`training.local_upstream.LocalUpstream` loads: merged weights (default) or the adapter,
+model :class:`training.bootstrap.local_upstream.LocalUpstream` loads: merged weights (default) or the adapter,
 the tokenizer, and ``upstream_config.json`` recording the prompt format it was trained with.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from training.local_upstream import (
+from aligner_chain.backends.devices import bf16_supported, resolve_dtype
+from aligner_chain.backends.model_sources import load_causal_lm, resolve_sources
+from aligner_chain.jsonl import iter_jsonl
+from training.bootstrap.local_upstream import (
     UpstreamFormat,
     load_upstream_format,
     resolve_upstream_format,
@@ -81,17 +83,16 @@ def load_upstream_rows(
             path = path / _FILES[method]
         if not path.is_file():
             raise ValueError(f"training data {path} not found; run collect_preferences (bootstrap) first")
-        with path.open(encoding="utf-8") as fh:
-            records: list[Any] = [json.loads(line) for line in fh if line.strip()]
-        source = str(path)
+        numbered: list[tuple[int, Any]] = list(iter_jsonl(path, objects_only=False))
+        source, where = str(path), "line"
     else:
-        records, source = list(data), "rows"
+        numbered, source, where = list(enumerate(data)), "rows", "row"
     rows: list[dict[str, str]] = []
-    for i, record in enumerate(records):
+    for i, record in numbered:
         if not isinstance(record, Mapping) or not all(isinstance(record.get(c), str) for c in columns):
             found = sorted(record) if isinstance(record, Mapping) else type(record).__name__
             raise ValueError(
-                f"{source}: row {i} needs string columns {list(columns)} for {method}; found {found}"
+                f"{source}: {where} {i} needs string columns {list(columns)} for {method}; found {found}"
             )
         rows.append({c: record[c] for c in columns})
     if not rows:
@@ -101,27 +102,11 @@ def load_upstream_rows(
     return rows
 
 
-def _use_bf16(bf16: bool | None) -> bool:
-    import torch
-
-    if bf16 is not None:
-        return bf16
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
 def _load_model(model: str, *, bf16: bool, trust_remote_code: bool) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {
-        "dtype": torch.bfloat16 if bf16 else torch.float32,
-        "trust_remote_code": trust_remote_code,
-    }
-    if (Path(model) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        return AutoPeftModelForCausalLM.from_pretrained(model, **kwargs).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(model, **kwargs)
+    """The model to train or score: ``model``'s weights, an adapter directory merged into its base."""
+    sources = resolve_sources(model, None, None)
+    dtype = resolve_dtype("bfloat16" if bf16 else "float32", "cpu")
+    return load_causal_lm(sources, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def _to_trl_rows(rows: list[dict[str, str]], method: Method, fmt: UpstreamFormat) -> list[dict[str, Any]]:
@@ -198,7 +183,7 @@ def train_upstream(
         if learning_rate is not None
         else DEFAULT_LEARNING_RATES[(method, "lora" if lora else "full")]
     )
-    use_bf16 = _use_bf16(bf16)
+    use_bf16 = bf16_supported() if bf16 is None else bf16
     dataset = Dataset.from_list(_to_trl_rows(rows, method, fmt))
     common: dict[str, Any] = {
         "output_dir": str(out / "checkpoints"),

@@ -1,6 +1,6 @@
 """A local causal LM as a LangChain chat model: the upstream that bootstrapping trains and re-runs.
 
-The prompt format is one shared contract between :mod:`training.upstream_training` (which writes
+The prompt format is one shared contract between :mod:`training.bootstrap.upstream_trainer` (which writes
 ``upstream_config.json`` next to the trained weights) and :class:`LocalUpstream` (which reads it),
 so a trained upstream is always served the way it was trained:
 
@@ -8,27 +8,27 @@ so a trained upstream is always served the way it was trained:
   ending with EOS; for base models without a chat template. Only the last human message is used.
 * ``"chat"``: the tokenizer's own chat template over the whole conversation.
 
-Generation is greedy. Concurrent calls are gathered into batches by one worker thread (a
-tokenizer and a model serve one ``generate`` at a time).
+Generation is greedy, through the same local-model worker as the Aligner
+(:mod:`aligner_chain.backends.local_model`).
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import string
 import threading
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_openai_messages
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
+from aligner_chain.backends.local_model import Generation, GenerationRequest, LocalModel
 from aligner_chain.tokenization import encode_prompt
 
 __all__ = [
@@ -124,59 +124,14 @@ def load_upstream_format(directory: str | Path) -> UpstreamFormat | None:
         raise ValueError(f"{path} is not a valid {UPSTREAM_CONFIG_NAME} ({err}); it needs a 'kind'") from err
 
 
-class _MicroBatcher:
-    """One worker thread: requests arriving together are generated as one batch."""
-
-    def __init__(self, fn: Any, max_batch_size: int) -> None:
-        self._fn = fn
-        self._max = max_batch_size
-        self._queue: queue.Queue[tuple[Any, Future[Any]]] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-
-    def submit(self, item: Any) -> Any:
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="local-upstream", daemon=True)
-                self._thread.start()
-        future: Future[Any] = Future()
-        self._queue.put((item, future))
-        return future.result()
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < self._max:
-                try:
-                    batch.append(self._queue.get(timeout=0.005))
-                except queue.Empty:
-                    break
-            try:
-                results = self._fn([item for item, _ in batch])
-            except BaseException as err:  # handed to every waiting caller
-                for _, future in batch:
-                    future.set_exception(err)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                future.set_result(result)
-
-
-def _message_role(message: BaseMessage) -> str:
-    if isinstance(message, HumanMessage):
-        return "user"
-    if isinstance(message, SystemMessage):
-        return "system"
-    if isinstance(message, AIMessage):
-        return "assistant"
-    return message.type
-
-
 class LocalUpstream(BaseChatModel):
     """A local (or hub) causal LM answering greedily, as a LangChain chat model.
 
     ``model`` is a directory or hub id; a directory holding ``adapter_config.json`` is loaded as a
     PEFT adapter on its base. ``prompt_format=None`` reads ``upstream_config.json`` from the model
     directory, else picks the chat template when the tokenizer has one, else the plain template.
+    Generation goes through :class:`~aligner_chain.backends.local_model.LocalModel`: concurrent calls
+    are batched by its one worker thread.
     """
 
     model: str
@@ -189,9 +144,9 @@ class LocalUpstream(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    _loaded: tuple[Any, Any, UpstreamFormat] | None = PrivateAttr(default=None)
+    _engine: LocalModel | None = PrivateAttr(default=None)
+    _format: UpstreamFormat | None = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _batcher: _MicroBatcher | None = PrivateAttr(default=None)
 
     @property
     def _llm_type(self) -> str:
@@ -201,73 +156,30 @@ class LocalUpstream(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.model, "max_new_tokens": self.max_new_tokens}
 
-    def _load(self) -> tuple[Any, Any, UpstreamFormat]:
+    def _loaded(self) -> tuple[LocalModel, UpstreamFormat]:
         with self._load_lock:
-            if self._loaded is None:
-                self._loaded = self._load_model()
-            return self._loaded
-
-    def _load_model(self) -> tuple[Any, Any, UpstreamFormat]:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.dtype == "auto":
-            cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-            dtype = torch.bfloat16 if cuda_bf16 else torch.float32
-        else:
-            dtype = getattr(torch, self.dtype)
-        path = Path(self.model)
-        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": self.trust_remote_code}
-        if (path / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(self.model, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(self.model, **kwargs)
-        model.to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        fmt = self.prompt_format
-        if fmt is None:
-            fmt = load_upstream_format(path) if path.is_dir() else None
-        if fmt is None:
-            fmt = resolve_upstream_format(tokenizer)
-        return model, tokenizer, fmt
-
-    def _encode(self, tokenizer: Any, fmt: UpstreamFormat, messages: list[BaseMessage]) -> list[int]:
-        if fmt.kind == "chat":
-            turns = [{"role": _message_role(m), "content": str(m.text)} for m in messages]
-            text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-            ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
-            return ids
-        humans = [m for m in messages if isinstance(m, HumanMessage)]
-        if not humans:
-            raise ValueError("LocalUpstream needs a human message (the question) in its input")
-        return encode_prompt(tokenizer, fmt.render(str(humans[-1].text)))
+            if self._engine is None:
+                self._engine = LocalModel(
+                    self.model,
+                    max_new_tokens=self.max_new_tokens,
+                    device=self.device,
+                    dtype=self.dtype,
+                    trust_remote_code=self.trust_remote_code,
+                    max_batch_size=self.max_batch_size,
+                )
+            engine = self._engine
+        engine.load()
+        if self._format is None:
+            path = Path(self.model)
+            fmt = self.prompt_format or (load_upstream_format(path) if path.is_dir() else None)
+            self._format = fmt or resolve_upstream_format(engine.tokenizer)
+        return engine, self._format
 
     def _generate_batch(self, batch: list[list[BaseMessage]]) -> list[str]:
-        import torch
-
-        model, tokenizer, fmt = self._load()
-        encoded = [self._encode(tokenizer, fmt, messages) for messages in batch]
-        padded = tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt")
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            output = model.generate(
-                input_ids=padded["input_ids"].to(device),
-                attention_mask=padded["attention_mask"].to(device),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        width = padded["input_ids"].shape[1]
-        return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
+        """Answer several conversations (one request each to the model's worker)."""
+        engine, fmt = self._loaded()
+        requests = [GenerationRequest(partial(_encode, fmt=fmt, messages=messages)) for messages in batch]
+        return [_answer(generation) for generation in engine.submit(requests).result()]
 
     def answer_batch(self, questions: list[str]) -> list[str]:
         """Answer several questions in one batched ``generate`` (no LangChain run)."""
@@ -280,13 +192,29 @@ class LocalUpstream(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if self._batcher is None:
-            with self._load_lock:
-                if self._batcher is None:
-                    self._batcher = _MicroBatcher(self._generate_batch, self.max_batch_size)
-        text: str = self._batcher.submit(list(messages))
+        (text,) = self._generate_batch([list(messages)])
         for token in stop or ():
             cut = text.find(token)
             if cut >= 0:
                 text = text[:cut]
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+
+def _encode(tokenizer: Any, *, fmt: UpstreamFormat, messages: list[BaseMessage]) -> list[int]:
+    if fmt.kind == "chat":
+        turns = convert_to_openai_messages(messages, text_format="string")
+        text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+    humans = [m for m in messages if isinstance(m, HumanMessage)]
+    if not humans:
+        raise ValueError("LocalUpstream needs a human message (the question) in its input")
+    return encode_prompt(tokenizer, fmt.render(str(humans[-1].text)))
+
+
+def _answer(generation: Generation) -> str:
+    """The answer's text (cut at ``max_new_tokens`` when it ran that long)."""
+    if generation.finish_reason in ("too_long", "failed"):
+        why = generation.reason or generation.finish_reason
+        raise RuntimeError(f"the upstream could not answer ({why}): {generation.detail}")
+    return generation.text.strip()

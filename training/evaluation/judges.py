@@ -140,14 +140,13 @@ class RewardModelJudge:
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
-            import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            device = self.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            from aligner_chain.backends.devices import resolve_device
+
+            device = resolve_device(self.device)
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(self.model), trust_remote_code=self.trust_remote_code
+                str(self.model), trust_remote_code=self.trust_remote_code, use_safetensors=True
             )
             model.to(device).eval()
             tokenizer = AutoTokenizer.from_pretrained(

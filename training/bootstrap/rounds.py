@@ -20,17 +20,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from training.collect import (
+from training.bootstrap.collect import (
     PREFERENCES_FILE,
     SFT_FILE,
     PromptSource,
-    _as_aligner,
     answer_text,
+    as_aligner,
     collect_preferences,
     iter_done,
     load_prompts,
 )
-from training.resumable import stable_key
+from training.common.resumable import stable_key
 
 __all__ = [
     "MANIFEST_FILE",
@@ -115,22 +115,22 @@ def run_bootstrap(
     Args:
         prompts: strings, rows or a path (see :func:`load_prompts`).
         upstream_model: a local directory or hub id; each round's trained model answers the next
-            round's prompts through :class:`training.local_upstream.LocalUpstream`.
+            round's prompts through :class:`training.bootstrap.local_upstream.LocalUpstream`.
         aligner: an ``AlignerRunnable`` or a model path.
         method: ``"sft"`` on the corrections or ``"dpo"`` on the pairs.
         prompts_per_round: ``"split"`` gives each round its own disjoint share of the prompts;
             ``"same"`` has every round answer all of them.
         eval_fraction: a share of each round's pairs held out of training; the manifest reports the
             mean log-probability margin (chosen - rejected) on them before and after the round.
-        train_options: keyword options for :func:`training.upstream_training.train_upstream`
+        train_options: keyword options for :func:`training.bootstrap.upstream_trainer.train_upstream`
             (``lora``, ``epochs``, ``learning_rate``, ``batch_size``, ``max_steps``, ...).
 
     Returns:
         ``{"rounds": [manifest, ...], "final_model": path}``; also written to
         ``OUTPUT_DIR/bootstrap.json``.
     """
-    from training.local_upstream import LocalUpstream
-    from training.upstream_training import load_upstream_rows, preference_margins, train_upstream
+    from training.bootstrap.local_upstream import LocalUpstream
+    from training.bootstrap.upstream_trainer import load_upstream_rows, preference_margins, train_upstream
 
     if method not in ("sft", "dpo"):
         raise ValueError(f"method must be 'sft' or 'dpo', got {method!r}")
@@ -140,7 +140,7 @@ def run_bootstrap(
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     questions = load_prompts(prompts, question_column=question_column)
     described = _describe(aligner)
-    aligner = _as_aligner(aligner)  # a model path is loaded once for every round
+    aligner = as_aligner(aligner)  # a model path is loaded once for every round
     shares = (
         split_prompts(questions, rounds, seed=seed) if prompts_per_round == "split" else [questions] * rounds
     )

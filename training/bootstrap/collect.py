@@ -25,8 +25,12 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable
 
-from training.resumable import JsonlLog, stable_key, write_jsonl_atomic
-from training.retry import call_with_retries, is_transient_error, map_as_completed
+from aligner_chain.backends.base import CorrectionResult, Outcome, classify
+from aligner_chain.jsonl import write_jsonl
+from aligner_chain.retry import is_transient_error
+from training.common.concurrency import call_with_retries, map_as_completed
+from training.common.records import read_records
+from training.common.resumable import JsonlLog, stable_key
 
 __all__ = [
     "ANSWERS_FILE",
@@ -36,7 +40,9 @@ __all__ = [
     "SUMMARY_FILE",
     "PromptSource",
     "answer_text",
+    "as_aligner",
     "collect_preferences",
+    "iter_done",
     "load_prompts",
 ]
 
@@ -63,9 +69,7 @@ def load_prompts(
         TypeError: a row that is neither a string nor a mapping.
     """
     if isinstance(prompts, (str, Path)):
-        from training.data import _read_records
-
-        records: list[Any] = _read_records(str(prompts), split)
+        records: list[Any] = read_records(prompts, split, what="prompts")
         source = str(prompts)
     else:
         records, source = list(prompts), "prompts"
@@ -98,7 +102,8 @@ def answer_text(output: Any) -> str:
     )
 
 
-def _as_aligner(aligner: Any) -> Runnable[Any, Any]:
+def as_aligner(aligner: Any) -> Runnable[Any, Any]:
+    """An ``AlignerRunnable`` for a model path; any other runnable as it is."""
     if isinstance(aligner, (str, Path)):
         from aligner_chain.runnable import AlignerRunnable
 
@@ -123,25 +128,23 @@ def _reconcile(out: Path, done: list[dict[str, Any]]) -> None:
                 "%s: %d rows, the done-log has %d; rebuilding it", out / name, len(lines), len(written)
             )
             index = 0 if name == PREFERENCES_FILE else 1
-            write_jsonl_atomic(out / name, (_rows_of(r)[index] for r in written))
+            write_jsonl(out / name, (_rows_of(r)[index] for r in written))
 
 
 def _outcome(answer: str, output: Any) -> tuple[str, str | None, str | None]:
-    """``(status, correction, reason)`` for one Aligner output."""
-    if isinstance(output, BaseMessage):
-        meta = output.response_metadata.get("aligner") or {}
-        status = str(meta.get("status") or "corrected")
-        text = str(output.text)
-        reason = meta.get("reason")
-    elif isinstance(output, str):
-        status, text, reason = "corrected", output, None
+    """``(status, correction, reason)`` for one Aligner output: ``"written"`` with the correction
+    when it changed the answer, else the outcome's status. A report of no correction (skipped,
+    failed, unchanged) is taken as it is; any text is classified by the one rule (:func:`classify`)."""
+    meta = output.response_metadata.get("aligner") if isinstance(output, BaseMessage) else None
+    if meta and meta.get("status") in ("skipped", "failed", "unchanged"):
+        outcome = Outcome(meta["status"], answer, meta.get("reason"), meta.get("detail"))
+    elif isinstance(output, (BaseMessage, str)):
+        outcome = classify(answer, CorrectionResult.ok(answer_text(output)))
     else:
         return "failed", None, f"unexpected aligner output {type(output).__name__}"
-    if status == "corrected" and text.strip() and text.strip() != answer.strip():
-        return "written", text.strip(), None
-    if status == "corrected":
-        status = "unchanged"
-    return status, None, str(reason) if reason is not None else None
+    if outcome.status == "corrected":
+        return "written", outcome.text.strip(), None
+    return outcome.status, None, outcome.reason
 
 
 def collect_preferences(
@@ -191,7 +194,7 @@ def collect_preferences(
         raise ValueError(f"on_upstream_error must be 'raise' or 'skip', got {on_upstream_error!r}")
     start = time.perf_counter()
     questions = load_prompts(prompts, question_column=question_column, split=split)
-    runnable = _as_aligner(aligner)
+    runnable = as_aligner(aligner)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     done_log, answers_log = JsonlLog(out / DONE_FILE), JsonlLog(out / ANSWERS_FILE)
