@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["encode_completion", "encode_prompt"]
+__all__ = ["encode_completion", "encode_prompt", "encode_text"]
 
 
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
@@ -18,9 +18,14 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of plain text, no special tokens added and none made from the text."""
+    ids: list[int] = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ids
+
+
 def encode_completion(tokenizer: Any, completion: str) -> list[int]:
     """Token ids of a completion (from ``format_completion``) followed by the EOS id."""
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token; set tokenizer.eos_token before training")
-    ids: list[int] = tokenizer(completion, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    return [*ids, tokenizer.eos_token_id]
+    return [*encode_text(tokenizer, completion), tokenizer.eos_token_id]

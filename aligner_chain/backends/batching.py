@@ -16,10 +16,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aligner_chain.backends.generation import Generation, GenerationRequest, Prompt
 from aligner_chain.errors import AlignerError
 
 if TYPE_CHECKING:
-    from aligner_chain.backends.local_model import Generation, GenerationRequest, LocalModel
+    from aligner_chain.backends.local_model import LocalModel
 
 __all__ = ["BatchJob", "BatchingWorker", "StreamJob"]
 
@@ -33,7 +34,7 @@ class BatchJob:
 
     requests: list[GenerationRequest]
     future: Future[list[Generation]] = field(default_factory=Future)
-    ids: list[list[int]] | None = None
+    prompts: list[Prompt | Generation] | None = None  # a Generation: settled before generating
     results: list[Generation | None] = field(default_factory=list)
     taken: list[bool] = field(default_factory=list)
 
@@ -47,7 +48,7 @@ class StreamJob:
     streamer: Any
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: Future[Generation] = field(default_factory=Future)
-    ids: list[int] | None = None
+    prompt: Prompt | Generation | None = None
 
 
 Job = BatchJob | StreamJob
@@ -138,36 +139,44 @@ class BatchingWorker:
         head = pending[0]
         if isinstance(head, StreamJob):
             pending.popleft()
-            assert head.ids is not None  # set by _prepare
-            head.future.set_result(model.generate_stream(head.ids, head.streamer, head.cancelled))
+            self._serve_stream(head)
             return
-        rows: list[tuple[BatchJob, int]] = []
+        rows: list[tuple[BatchJob, int, Prompt]] = []
         for job in pending:
             if not isinstance(job, BatchJob) or len(rows) == model.max_batch_size:
                 break
-            for i, taken in enumerate(job.taken):
-                if not taken:
-                    job.taken[i] = True
-                    rows.append((job, i))
-                    if len(rows) == model.max_batch_size:
-                        break
+            assert job.prompts is not None  # set by _prepare
+            for i, (taken, prompt) in enumerate(zip(job.taken, job.prompts, strict=True)):
+                if taken or isinstance(prompt, Generation):
+                    continue
+                job.taken[i] = True
+                rows.append((job, i, prompt))
+                if len(rows) == model.max_batch_size:
+                    break
         if rows:
-            ids = [job.ids[i] for job, i in rows if job.ids is not None]
-            for (job, i), result in zip(rows, model.generate(ids), strict=True):
+            for (job, i, _), result in zip(rows, model.generate([p for _, _, p in rows]), strict=True):
                 job.results[i] = result
         for job in [j for j in pending if isinstance(j, BatchJob) and all(j.taken)]:
             pending.remove(job)
             job.future.set_result([r if r is not None else _lost() for r in job.results])
 
+    def _serve_stream(self, job: StreamJob) -> None:
+        prompt = job.prompt
+        if isinstance(prompt, Generation) or prompt is None:
+            job.streamer.end()
+            job.future.set_result(prompt or _lost())
+            return
+        job.future.set_result(self._model.generate_stream(prompt, job.streamer, job.cancelled))
+
     def _prepare(self, job: Job) -> None:
-        if job.ids is not None:
-            return
-        tokenizer = self._model.tokenizer
         if isinstance(job, StreamJob):
-            job.ids = job.request.encode(tokenizer)
+            if job.prompt is None:
+                job.prompt = self._model.prepare(job.request)
             return
-        job.ids = [request.encode(tokenizer) for request in job.requests]
-        job.results = [self._model.too_long(ids) for ids in job.ids]
+        if job.prompts is not None:
+            return
+        job.prompts = [self._model.prepare(request) for request in job.requests]
+        job.results = [p if isinstance(p, Generation) else None for p in job.prompts]
         job.taken = [r is not None for r in job.results]
 
 
@@ -180,6 +189,4 @@ def fail(job: Job, err: BaseException) -> None:
 
 
 def _lost() -> Generation:
-    from aligner_chain.backends.local_model import Generation
-
     return Generation("", "failed", "backend_error", "no result was produced for this row")

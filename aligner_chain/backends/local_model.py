@@ -8,48 +8,28 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from aligner_chain.backends.availability import check_source
 from aligner_chain.backends.batching import BatchingWorker, BatchJob, StreamJob
 from aligner_chain.backends.devices import check_device, check_dtype, resolve_device, resolve_dtype
+from aligner_chain.backends.generation import FinishReason, Generation, GenerationRequest, Prompt
 from aligner_chain.backends.model_sources import ModelSources, load_causal_lm, load_tokenizer, resolve_sources
 from aligner_chain.errors import AlignerError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Generation", "GenerationRequest", "LocalModel"]
+__all__ = ["LocalModel"]
 
 logger = logging.getLogger(__name__)
 
 _RESERVED_GENERATION_KWARGS = ("input_ids", "attention_mask", "max_new_tokens", "streamer")
 _SANE_CONTEXT = 10_000_000  # tokenizers without a limit report model_max_length ~ 1e30
-
-FinishReason = Literal["stop", "length", "too_long", "failed"]
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One prompt: ``encode(tokenizer)`` gives its token ids (called in the worker thread)."""
-
-    encode: Callable[[Any], list[int]]
-
-
-@dataclass(frozen=True)
-class Generation:
-    """What one row produced. ``finish_reason``: ``"stop"`` (EOS or a stop string), ``"length"``
-    (``max_new_tokens`` reached; ``text`` holds what was generated), ``"too_long"`` (the prompt
-    leaves no room in the context; nothing generated) or ``"failed"`` (``reason``:
-    ``"out_of_memory"``, ``"backend_error"``)."""
-
-    text: str
-    finish_reason: FinishReason
-    reason: str | None = None
-    detail: str | None = None
 
 
 class LocalModel:
@@ -59,6 +39,9 @@ class LocalModel:
     See :class:`~aligner_chain.backends.transformers.TransformersBackend` for the arguments.
     ``batch_sizes`` records the size of every ``generate`` batch, in order.
     """
+
+    load_retry_after_s: float = 60.0
+    """How long a failed load is remembered before the next call tries again."""
 
     def __init__(
         self,
@@ -102,6 +85,7 @@ class LocalModel:
         self.batch_sizes: list[int] = []
 
         self._load_lock = threading.Lock()
+        self._load_failure: tuple[float, str] | None = None  # (retry after, why)
         self._worker = BatchingWorker(self, name=f"aligner-chain-{Path(self.name).name}")
         self.model: Any = None
         self.tokenizer: Any = None
@@ -131,6 +115,9 @@ class LocalModel:
     def load(self) -> None:
         """Load the tokenizer and model now (thread-safe; later calls return at once).
 
+        A failure is remembered for ``load_retry_after_s`` seconds: calls in the meantime fail at
+        once with the same reason instead of trying (and maybe downloading) again.
+
         Raises:
             AlignerError: the model, adapter or tokenizer could not be loaded.
         """
@@ -139,16 +126,30 @@ class LocalModel:
         with self._load_lock:
             if self.model is not None:
                 return
+            failed = self._load_failure
+            if failed is not None and time.monotonic() < failed[0]:
+                left = failed[0] - time.monotonic()
+                raise AlignerError(f"{failed[1]} (not tried again for another {left:.0f} s)")
             try:
                 self._load()
-            except AlignerError:
-                raise
             except Exception as err:
-                raise AlignerError(f"could not load {self.name!r}: {type(err).__name__}: {err}") from err
+                error = (
+                    err
+                    if isinstance(err, AlignerError)
+                    else AlignerError(f"could not load {self.name!r}: {type(err).__name__}: {err}")
+                )
+                self._load_failure = (time.monotonic() + self.load_retry_after_s, str(error))
+                if error is err:
+                    raise
+                raise error from err
+            self._load_failure = None
 
     def _load(self) -> None:
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, device)
+        check_source(self.model_source, field="model", revision=self.revision)
+        if self.adapter_source is not None:
+            check_source(self.adapter_source, field="adapter")
         sources = self.sources()
         # ``revision`` names a commit of ``model``: the adapter when ``model`` is one, else the base.
         model_is_adapter = sources.adapter is not None and self.adapter_source is None
@@ -207,64 +208,81 @@ class LocalModel:
 
     # -- generating (in the worker thread) --------------------------------------------------------
 
-    def too_long(self, ids: list[int]) -> Generation | None:
-        """A ``too_long`` result when the prompt leaves no room for ``max_new_tokens``, else ``None``."""
-        if self.context_length is None or len(ids) + self.max_new_tokens <= self.context_length:
-            return None
-        return Generation(
-            "",
-            "too_long",
-            detail=f"prompt of {len(ids)} tokens + max_new_tokens={self.max_new_tokens} exceeds the "
-            f"model's context of {self.context_length} tokens",
-        )
+    def prepare(self, request: GenerationRequest) -> Prompt | Generation:
+        """The encoded prompt and its budget: ``max_new_tokens``, or the room left in the context
+        when that is less; a ``too_long`` result when the room is less than the request needs."""
+        ids = request.encode(self.tokenizer)
+        if self.context_length is None:
+            return Prompt(ids, self.max_new_tokens)
+        room = self.context_length - len(ids)
+        needed = max(1, request.needs(self.tokenizer) if request.needs is not None else 1)
+        if room < needed:
+            return Generation(
+                "",
+                "too_long",
+                detail=f"the prompt ({len(ids)} tokens) leaves {max(room, 0)} of the model's "
+                f"{self.context_length}-token context and the answer needs about {needed}",
+            )
+        return Prompt(ids, min(self.max_new_tokens, room))
 
-    def generate(self, prompts: list[list[int]]) -> list[Generation]:
-        """One batch of prompts, one :class:`Generation` each (out of memory: row by row)."""
+    def generate(self, prompts: list[Prompt]) -> list[Generation]:
+        """One batch, one :class:`Generation` per prompt (out of memory: row by row). Each row stops
+        at its own token budget, so a row's result does not depend on what it is batched with."""
         import torch
 
         self.batch_sizes.append(len(prompts))
         try:
-            return [self._finish(row) for row in self._generate(prompts)]
+            rows = self._generate(prompts)
+            return [self._finish(row, prompt.budget) for row, prompt in zip(rows, prompts, strict=True)]
         except torch.OutOfMemoryError as err:
             _empty_cache()
             if len(prompts) == 1:
                 return [Generation("", "failed", "out_of_memory", str(err))]
             logger.warning("out of memory with a batch of %d; retrying row by row", len(prompts))
-            return [result for ids in prompts for result in self.generate([ids])]
+            return [result for prompt in prompts for result in self.generate([prompt])]
         except Exception as err:
             logger.exception("generate failed for a batch of %d", len(prompts))
             return [Generation("", "failed", "backend_error", f"{type(err).__name__}: {err}")] * len(prompts)
 
-    def _generate(self, prompts: list[list[int]], **extra: Any) -> list[list[int]]:
+    def _generate(
+        self, prompts: list[Prompt], *, criteria: Sequence[Any] = (), **extra: Any
+    ) -> list[list[int]]:
         """One left-padded ``generate`` call; the new token ids of each row."""
         import torch
+        from transformers import StoppingCriteriaList
 
-        width = max(len(ids) for ids in prompts)
+        width = max(len(p.ids) for p in prompts)
         input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids) :] = 1
-        device = self.resolved_device or "cpu"
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids, dtype=torch.long)
+            attention_mask[row, width - len(prompt.ids) :] = 1
+        budgets = [p.budget for p in prompts]
+        stops = [*criteria, *(self.generation_kwargs.get("stopping_criteria") or [])]
+        if len(set(budgets)) > 1:
+            stops.append(_RowBudgets(budgets, width))
         kwargs = {"pad_token_id": self._pad_id, **self.generation_kwargs, **extra}
+        if stops:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(stops)
+        device = self.resolved_device or "cpu"
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=max(budgets),
                 **kwargs,
             )
         new: list[list[int]] = output[:, width:].tolist()
         return new
 
-    def _finish(self, tokens: list[int]) -> Generation:
+    def _finish(self, tokens: list[int], budget: int) -> Generation:
         end = next((i for i, token in enumerate(tokens) if token in self._eos_ids), None)
         reason: FinishReason = "stop"
         if end is None:
             while tokens and tokens[-1] == self._pad_id:  # a row that stopped on a stop string
                 tokens = tokens[:-1]
             end = len(tokens)
-            if not self._stops_early() or end >= self.max_new_tokens:
+            if not self._stops_early() or end >= budget:
                 reason = "length"
         return Generation(self.tokenizer.decode(tokens[:end], skip_special_tokens=True), reason)
 
@@ -273,26 +291,14 @@ class LocalModel:
             self.generation_kwargs.get("stop_strings") or self.generation_kwargs.get("stopping_criteria")
         )
 
-    def generate_stream(self, ids: list[int], streamer: Any, cancelled: threading.Event) -> Generation:
+    def generate_stream(self, prompt: Prompt, streamer: Any, cancelled: threading.Event) -> Generation:
         """One prompt, its text pushed to ``streamer`` as it is generated; stops when ``cancelled``."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        skipped = self.too_long(ids)
-        if skipped is not None:
-            streamer.end()
-            return skipped
-
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: Any) -> Any:
-                return torch.full((input_ids.shape[0],), cancelled.is_set(), device=input_ids.device)
-
-        criteria = StoppingCriteriaList(
-            [_Cancelled(), *(self.generation_kwargs.get("stopping_criteria") or [])]
-        )
         self.batch_sizes.append(1)
         try:
-            return self._finish(self._generate([ids], streamer=streamer, stopping_criteria=criteria)[0])
+            tokens = self._generate([prompt], criteria=[_Cancelled(cancelled)], streamer=streamer)
+            return self._finish(tokens[0], prompt.budget)
         except torch.OutOfMemoryError as err:
             _empty_cache()
             streamer.end()
@@ -301,6 +307,33 @@ class LocalModel:
             logger.exception("generate failed for a stream")
             streamer.end()
             return Generation("", "failed", "backend_error", f"{type(err).__name__}: {err}")
+
+
+class _RowBudgets:
+    """A stopping criterion: each row stops at its own token budget (transformers'
+    ``StoppingCriteria`` contract: one bool per row)."""
+
+    def __init__(self, budgets: list[int], width: int) -> None:
+        self.budgets = budgets
+        self.width = width
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        generated = input_ids.shape[1] - self.width
+        return torch.tensor([generated >= b for b in self.budgets], device=input_ids.device)
+
+
+class _Cancelled:
+    """A stopping criterion: every row stops once ``event`` is set (the stream's reader left)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
 
 
 def _check_positive(name: str, value: object) -> None:

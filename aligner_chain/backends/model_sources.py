@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aligner_chain.aligner_config import ALIGNER_CONFIG_NAME, load_aligner_config
+from aligner_chain.backends.availability import check_source, is_hub_id, local_files_only
 from aligner_chain.errors import AlignerError
 from aligner_chain.prompts import DEFAULT_TEMPLATE, AlignerTemplate, get_template
 
@@ -85,17 +86,27 @@ def resolve_sources(model: str, adapter: str | None, revision: str | None) -> Mo
 
 def _config_dir(source: str, filename: str, revision: str | None) -> Path | None:
     """The local directory holding ``filename`` for ``source`` (a directory, or a hub repo whose file
-    is downloaded into the cache); ``None`` when there is no such file."""
-    path = Path(source)
+    is fetched into the cache); ``None`` when there is no such file.
+
+    Raises:
+        AlignerError: ``source`` is a hub id, not cached, and the hub cannot be reached.
+    """
+    path = Path(source).expanduser()
     if path.is_dir():
         return path if (path / filename).is_file() else None
-    if path.exists() or source.count("/") > 1 or not source:
+    if not is_hub_id(source):
         return None
-    try:
-        from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    cached = try_to_load_from_cache(source, filename, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached).parent
+    check_source(source, revision=revision)  # not cached: fail at once when the hub is out of reach
+    if local_files_only(source):
+        return None  # the model is cached without this file
+    try:
         return Path(hf_hub_download(source, filename, revision=revision)).parent
-    except Exception:  # not on the hub, no such file, or offline: treated as absent
+    except Exception:  # no such file in the repository: treated as absent
         return None
 
 
@@ -103,7 +114,7 @@ def _adapter_base_model(adapter_dir: Path) -> str:
     recorded = json.loads((adapter_dir / ADAPTER_CONFIG_NAME).read_text()).get("base_model_name_or_path")
     aligner_config = load_aligner_config(adapter_dir)
     fallback = aligner_config.base_model if aligner_config is not None else None
-    if recorded and (Path(recorded).exists() or not _looks_local(recorded) or not fallback):
+    if recorded and (Path(recorded).exists() or is_hub_id(recorded) or not fallback):
         return str(recorded)
     if fallback:
         return fallback
@@ -111,10 +122,6 @@ def _adapter_base_model(adapter_dir: Path) -> str:
         f"the adapter in {adapter_dir} records no base model (base_model_name_or_path in "
         f"{ADAPTER_CONFIG_NAME}); pass the base model as model= and the adapter as adapter="
     )
-
-
-def _looks_local(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
 
 
 def _tokenizer_source(adapter_dir: Path, adapter: str, base: str) -> str:
@@ -128,7 +135,9 @@ def load_adapter(model: Any, adapter: str, revision: str | None, *, merge: bool 
     """``model`` with the PEFT ``adapter`` on it, merged into the weights when it can be."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, adapter, revision=revision, is_trainable=False)
+    peft_model = PeftModel.from_pretrained(
+        model, adapter, revision=revision, is_trainable=False, local_files_only=local_files_only(adapter)
+    )
     if not merge:
         return peft_model
     try:
@@ -165,6 +174,7 @@ def load_causal_lm(
         "revision": base_revision,
         "trust_remote_code": trust_remote_code,
         "use_safetensors": True,
+        "local_files_only": local_files_only(sources.base),
     }
     if device is not None and device != "cpu":
         kwargs["device_map"] = {"": device}

@@ -19,13 +19,13 @@ import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 from tenacity import AsyncRetrying, Retrying
 
+from aligner_chain.backends.availability import check_source, local_files_only
 from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult
 from aligner_chain.backends.completions_api import (
     StreamDecoder,
@@ -171,8 +171,12 @@ class OpenAIBackend(AlignerBackend):
             from transformers import AutoTokenizer
 
             source = self._tokenizer_source
-            name = str(source) if isinstance(source, Path) else source
-            self._tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=self._trust_remote_code)
+            assert isinstance(source, (str, os.PathLike))  # a loaded tokenizer is set in __init__
+            name = os.fspath(source)
+            check_source(name, field="tokenizer")
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                name, trust_remote_code=self._trust_remote_code, local_files_only=local_files_only(name)
+            )
         return self._tokenizer
 
     def _retry_options(self) -> dict[str, Any]:

@@ -23,10 +23,11 @@ from aligner_chain.backends.base import (
     StreamTrimmer,
     result_from_finish,
 )
-from aligner_chain.backends.local_model import Generation, GenerationRequest, LocalModel
+from aligner_chain.backends.generation import Generation, GenerationRequest
+from aligner_chain.backends.local_model import LocalModel
 from aligner_chain.backends.model_sources import template_from_config
-from aligner_chain.prompts import AlignerTemplate, get_template
-from aligner_chain.tokenization import encode_prompt
+from aligner_chain.prompts import AlignerTemplate, format_completion, get_template
+from aligner_chain.tokenization import encode_prompt, encode_text
 
 if TYPE_CHECKING:
     import torch
@@ -44,9 +45,10 @@ class TransformersBackend(AlignerBackend):
         adapter: a PEFT adapter (directory or hub id) to load on top of ``model``.
         template: a template name or string; ``None`` uses the ``aligner_config.json`` template of
             the adapter or model (local directory or hub repo), else ``"aligner-v1"``.
-        max_new_tokens: the longest correction. A prompt that does not fit the model's context
-            together with it is skipped (``"too_long"``); a correction without EOS within it fails
-            (``"truncated"``).
+        max_new_tokens: the longest correction. Where the prompt leaves less room in the model's
+            context, the correction gets the room that is left; a prompt that leaves less room than
+            the answer itself takes is skipped (``"too_long"``). A correction without EOS within its
+            budget fails (``"truncated"``).
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"mps"``, ``"cuda"``, ``"cuda:N"``.
         dtype: ``"auto"`` (bfloat16 on CUDA, float16 on MPS, float32 on CPU), ``"float32"``,
             ``"bfloat16"`` or ``"float16"``.
@@ -246,7 +248,8 @@ class TransformersBackend(AlignerBackend):
             if not isinstance(request, CorrectionRequest):
                 raise TypeError(f"requests[{i}] must be a CorrectionRequest, got {type(request).__name__}")
             prompt = template.format(request.question, request.answer)
-            out.append(GenerationRequest(partial(encode_prompt, prompt=prompt)))
+            needs = partial(_answer_tokens, answer=request.answer)
+            out.append(GenerationRequest(partial(encode_prompt, prompt=prompt), needs))
         return out
 
     def _result(self, generation: Generation) -> CorrectionResult:
@@ -255,3 +258,9 @@ class TransformersBackend(AlignerBackend):
         if generation.finish_reason == "failed":
             return CorrectionResult.failed(generation.reason or "backend_error", generation.detail)
         return result_from_finish(generation.text, generation.finish_reason, self.max_new_tokens)
+
+
+def _answer_tokens(tokenizer: Any, answer: str) -> int:
+    """The room a correction needs: an Aligner mostly rewrites at about the answer's length (its
+    tokens as a completion, plus EOS)."""
+    return len(encode_text(tokenizer, format_completion(answer))) + 1

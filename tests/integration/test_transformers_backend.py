@@ -26,7 +26,7 @@ from aligner_chain.backends import CorrectionRequest, CorrectionResult
 from aligner_chain.backends.transformers import TransformersBackend
 from aligner_chain.errors import AlignerError, CorrectionFailed
 from aligner_chain.prompts import format_prompt, get_template
-from aligner_chain.tokenization import encode_prompt
+from aligner_chain.tokenization import encode_prompt, encode_text
 
 EOS_ID = 1  # the tiny tokenizer's </s>
 COMPLETE = {"forced_eos_token_id": EOS_ID}
@@ -174,18 +174,30 @@ async def test_asyncio_gather_does_not_block_the_loop(
     b.close()
 
 
-def test_too_long_is_skipped_without_generating(tiny_model_dir: Path) -> None:
-    b = make(tiny_model_dir, max_new_tokens=400)
-    long = CorrectionRequest("Explain.", "word " * 150)
-    results = b.correct([REQUESTS[3], long])
-    assert results[0].status == "ok"
-    assert (results[1].status, results[1].reason) == ("skipped", "too_long")
-    assert "512" in (results[1].detail or "")
-    assert b.batch_sizes == [1], "the long row never reaches generate"
-    assert b.correct([long]) == [results[1]] and b.batch_sizes == [1]
+def _answer_of(tokenizer: Any, tokens: int) -> str:
+    """An answer that takes about ``tokens`` tokens with the tiny tokenizer."""
+    answer = ""
+    while len(encode_text(tokenizer, " " + answer)) < tokens:
+        answer += "word "
+    return answer.strip()
+
+
+def test_length_budget_is_the_room_left_and_too_long_only_when_the_answer_cannot_fit(
+    tiny_model_dir: Path,
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    b = make(tiny_model_dir, max_new_tokens=1024)  # more than the whole 512-token context
+    fits = CorrectionRequest("Explain.", _answer_of(tokenizer, 150))  # prompt ~170: room ~340 >= 150
+    too_long = CorrectionRequest("Explain.", _answer_of(tokenizer, 300))  # prompt ~320: room ~190 < 300
+    results = b.correct([REQUESTS[3], fits, too_long])
+    assert [r.status for r in results] == ["ok", "ok", "skipped"]
+    assert results[2].reason == "too_long" and "512" in (results[2].detail or "")
+    assert b.batch_sizes == [2], "rows with different budgets share one generate; too-long rows never run"
+    assert [b.correct([r])[0] for r in (REQUESTS[3], fits, too_long)] == results, "batched == alone"
     with pytest.raises(CorrectionFailed) as info:
-        list(b.stream(long))
-    assert info.value.reason == "too_long"
+        list(b.stream(too_long))
+    assert info.value.reason == "too_long" and info.value.status == "skipped"
+    assert "".join(b.stream(REQUESTS[3])) == results[0].text
     b.close()
 
 

@@ -28,7 +28,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, conver
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
-from aligner_chain.backends.local_model import Generation, GenerationRequest, LocalModel
+from aligner_chain.backends.generation import Generation, GenerationRequest
+from aligner_chain.backends.local_model import LocalModel
 from aligner_chain.tokenization import encode_prompt
 
 __all__ = [
