@@ -58,6 +58,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the flags of ``aligner-chain correct``."""
     parser.add_argument(
@@ -102,6 +116,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use an OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, TGI) at this URL, "
         "e.g. http://localhost:8000/v1, instead of loading the model here; the API key is read from "
         "$ALIGNER_API_KEY",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        help="with --base-url: a total deadline per request attempt in seconds, connect to last byte "
+        "(default 60); worst case per row: (max retries + 1) x timeout plus backoff",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=_non_negative_int,
+        help="with --base-url: retries of transient errors (timeouts, 429, 5xx...) per row (default 3)",
     )
     parser.add_argument(
         "--tokenizer",
@@ -180,6 +205,8 @@ def make_backend(args: argparse.Namespace) -> AlignerBackend:
         max_new_tokens=args.max_new_tokens,
         base_url=args.base_url,
         tokenizer=args.tokenizer,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
         device=args.device,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,

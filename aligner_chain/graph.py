@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
+from aligner_chain.arguments import strict_keywords
 from aligner_chain.messages import ALIGNER_KEY, last_ai_index, skip_reason
 from aligner_chain.options import OnFailure, SkipPredicate
 from aligner_chain.streaming import is_streaming
@@ -153,6 +154,7 @@ def _shown(message: AIMessage, config: RunnableConfig | None) -> AIMessage:
 # --- the node ----------------------------------------------------------------------------------
 
 
+@strict_keywords
 def make_aligner_node(
     aligner: AlignerRunnable | ChatAligner | None = None,
     *,

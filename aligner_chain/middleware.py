@@ -17,6 +17,7 @@ except ImportError as err:  # pragma: no cover - exercised by a test that hides 
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
+from aligner_chain.arguments import strict_keywords
 from aligner_chain.graph import FinalAnswerCorrector
 from aligner_chain.options import OnFailure, SkipPredicate
 
@@ -64,6 +65,7 @@ class AlignerMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         ```
     """
 
+    @strict_keywords
     def __init__(
         self,
         aligner: AlignerRunnable | ChatAligner | None = None,

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from aligner_chain.arguments import check_keywords
 from aligner_chain.backends.base import AlignerBackend
 from aligner_chain.backends.factory import build_backend, check_backend_options, default_model
 from aligner_chain.prompts import get_template
@@ -49,6 +50,11 @@ class AlignerOptions(BaseModel):
     """An OpenAI-compatible completions server (vLLM, SGLang, ...) serving the Aligner."""
     api_key: str | None = Field(default=None, repr=False, exclude=True)
     """Bearer token for ``base_url`` (default ``$ALIGNER_API_KEY``)."""
+    timeout: float | None = Field(default=None, gt=0)
+    """With ``base_url``: a total deadline per attempt in seconds, connect to last byte (default 60)."""
+    max_retries: int | None = Field(default=None, ge=0)
+    """With ``base_url``: retries of transient errors per request (default 3). Worst case per call:
+    ``(max_retries + 1) * timeout`` plus the backoff between attempts (at most 8 s each)."""
     device: str = "auto"
     """``"auto"`` (CUDA, then MPS, then CPU), or a torch device string."""
     dtype: str = "auto"
@@ -64,6 +70,9 @@ class AlignerOptions(BaseModel):
     _backend_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, model: str | os.PathLike[str] | None = None, /, **kwargs: Any) -> None:
+        fields = type(self).model_fields
+        aliases = [f.alias for f in fields.values() if f.alias]
+        check_keywords(type(self).__name__, kwargs, [*fields, *aliases])
         if model is not None:
             if "model" in kwargs:
                 raise TypeError("model given twice (positionally and as model=)")
@@ -101,7 +110,12 @@ class AlignerOptions(BaseModel):
     @model_validator(mode="after")
     def _backend_kind_options(self) -> AlignerOptions:
         if self.backend is None:
-            check_backend_options(base_url=self.base_url, adapter=self.adapter, tokenizer=None)
+            check_backend_options(
+                base_url=self.base_url,
+                adapter=self.adapter,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+            )
         return self
 
     def get_backend(self) -> AlignerBackend:
@@ -118,6 +132,8 @@ class AlignerOptions(BaseModel):
                     max_new_tokens=self.max_new_tokens,
                     base_url=self.base_url,
                     api_key=self.api_key,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
                     device=self.device,
                     dtype=self.dtype,
                     trust_remote_code=self.trust_remote_code,

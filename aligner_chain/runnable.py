@@ -10,9 +10,8 @@ node and the agent middleware.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.messages import AIMessage, BaseMessage
@@ -23,29 +22,26 @@ from pydantic import PrivateAttr
 from aligner_chain.backends.base import CorrectionResult, Outcome, classify
 from aligner_chain.correction import Draft, answer_after, make_draft
 from aligner_chain.errors import AlignerError, CorrectionFailed
-from aligner_chain.messages import message_text, normalize_history, split_conversation
+from aligner_chain.inputs import Item, parse_input
+from aligner_chain.messages import message_text, split_conversation
 from aligner_chain.options import AlignerOptions, OnFailure
 from aligner_chain.streaming import add_chunk, as_chunks, is_streaming
+from aligner_chain.tracing import annotate_run
 
 if TYPE_CHECKING:
     from aligner_chain.chat_model import ChatAligner
 
-__all__ = ["QUESTION_CONFIG_KEY", "AlignerRunnable"]
+__all__ = ["AlignerRunnable"]
 
 logger = logging.getLogger(__name__)
 
-QUESTION_CONFIG_KEY = "aligner_question"
-"""``config={"configurable": {"aligner_question": ...}}`` gives the question for one call."""
-
-_DICT_KEYS = ("question", "answer", "history")
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One input on its way through the Aligner; a ``str`` answer comes back as a ``str``."""
-
-    kind: Literal["message", "str"]
-    draft: Draft
+# Skips not logged at all (nothing to correct), and skips that are by design (logged at INFO):
+# tool-calling turns are actions, and ``skip`` is the caller's own choice. Others (``too_long``)
+# are WARNINGs: an answer the caller wanted corrected was not.
+_QUIET_SKIPS = frozenset({"empty"})
+_CHOSEN_SKIPS = frozenset(
+    {"tool_calls", "invalid_tool_calls", "tool_call_chunks", "no_text_block", "skip_predicate"}
+)
 
 
 class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
@@ -129,8 +125,8 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
             raise
         except Exception as err:
-            return cast(AIMessage, self._finish(_Item("message", draft), _outcome_of_error(draft, err), err))
-        return cast(AIMessage, self._finish(_Item("message", draft), _outcome_of_chat(draft, result)))
+            return cast(AIMessage, self._finish(Item("message", draft), _outcome_of_error(draft, err), err))
+        return cast(AIMessage, self._finish(Item("message", draft), _outcome_of_chat(draft, result)))
 
     async def acorrect_final_answer(
         self, messages: Sequence[BaseMessage], config: RunnableConfig | None = None
@@ -145,8 +141,8 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
             raise
         except Exception as err:
-            return cast(AIMessage, self._finish(_Item("message", draft), _outcome_of_error(draft, err), err))
-        return cast(AIMessage, self._finish(_Item("message", draft), _outcome_of_chat(draft, result)))
+            return cast(AIMessage, self._finish(Item("message", draft), _outcome_of_error(draft, err), err))
+        return cast(AIMessage, self._finish(Item("message", draft), _outcome_of_chat(draft, result)))
 
     def _streamed_draft(
         self, answer: AIMessage, question: str, history: Any, config: RunnableConfig | None
@@ -201,17 +197,17 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         )
 
     def _invoke(self, input: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Any:
-        return _raise_or_return(self._run([self._parse(input, config)])[0])
+        return _raise_or_return(self._run([self._parse(input, config, run_manager)])[0])
 
     async def _ainvoke(
         self, input: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
     ) -> Any:
-        return _raise_or_return((await self._arun([self._parse(input, config)]))[0])
+        return _raise_or_return((await self._arun([self._parse(input, config, run_manager)]))[0])
 
     def _batch(
         self, inputs: list[Any], run_manager: list[CallbackManagerForChainRun], config: list[RunnableConfig]
     ) -> list[Any]:
-        return self._run(self._parse_all(inputs, config))
+        return self._run(self._parse_all(inputs, config, run_manager))
 
     async def _abatch(
         self,
@@ -219,7 +215,7 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         run_manager: list[AsyncCallbackManagerForChainRun],
         config: list[RunnableConfig],
     ) -> list[Any]:
-        return await self._arun(self._parse_all(inputs, config))
+        return await self._arun(self._parse_all(inputs, config, run_manager))
 
     # --- stream / transform ------------------------------------------------------------------------
 
@@ -256,7 +252,7 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
             total = add_chunk(total, chunk)
         if total is None:
             return
-        yield from as_chunks(_raise_or_return(self._run([self._parse(total, config)])[0]))
+        yield from as_chunks(_raise_or_return(self._run([self._parse(total, config, run_manager)])[0]))
 
     async def _atransform(
         self,
@@ -269,56 +265,29 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
             total = add_chunk(total, chunk)
         if total is None:
             return
-        for piece in as_chunks(_raise_or_return((await self._arun([self._parse(total, config)]))[0])):
+        out = (await self._arun([self._parse(total, config, run_manager)]))[0]
+        for piece in as_chunks(_raise_or_return(out)):
             yield piece
 
     # --- the correction ----------------------------------------------------------------------------
 
-    def _parse_all(self, inputs: list[Any], configs: list[RunnableConfig]) -> list[_Item | Exception]:
-        items: list[_Item | Exception] = []
-        for input, config in zip(inputs, configs, strict=True):
+    def _parse_all(
+        self, inputs: list[Any], configs: list[RunnableConfig], runs: list[Any]
+    ) -> list[Item | Exception]:
+        items: list[Item | Exception] = []
+        for input, config, run in zip(inputs, configs, runs, strict=True):
             try:
-                items.append(self._parse(input, config))
+                items.append(self._parse(input, config, run))
             except GraphBubbleUp:
                 raise
             except Exception as err:  # one bad input never sinks the batch (return_exceptions)
                 items.append(err)
         return items
 
-    def _parse(self, input: Any, config: RunnableConfig | None) -> _Item:
-        question: Any = None
-        history: Any = None
-        if isinstance(input, Mapping):
-            unknown = sorted(str(k) for k in input if k not in _DICT_KEYS)
-            if unknown or "answer" not in input:
-                raise ValueError(
-                    f"AlignerRunnable input dict must have an 'answer' key (and optionally 'question' and "
-                    f"'history'); got keys {sorted(map(str, input))}"
-                )
-            answer, question, history = input["answer"], input.get("question"), input.get("history")
-        else:
-            answer = input
-        if question is None:
-            question = ((config or {}).get("configurable") or {}).get(QUESTION_CONFIG_KEY)
-        if isinstance(question, BaseMessage):
-            question = message_text(question)
-        if question is not None and not isinstance(question, str):
-            raise TypeError(f"question must be a str or a message, got {type(question).__name__}")
-        pairs = normalize_history(history)
-        if isinstance(answer, str):
-            return _Item("str", make_draft(AIMessage(content=answer), question or "", pairs, self))
-        if isinstance(answer, AIMessage):
-            return _Item("message", make_draft(answer, question or "", pairs, self))
-        if isinstance(answer, BaseMessage):
-            raise TypeError(
-                f"the answer must be an AIMessage (or a str), got {type(answer).__name__}; put "
-                "AlignerRunnable after a chat model, or pass {'question': ..., 'answer': ...}"
-            )
-        raise TypeError(
-            f"AlignerRunnable takes an AIMessage, a str or a dict with 'answer', got {type(answer).__name__}"
-        )
+    def _parse(self, input: Any, config: RunnableConfig | None, run: Any = None) -> Item:
+        return parse_input(input, config, self, run)
 
-    def _run(self, items: list[_Item | Exception]) -> list[Any]:
+    def _run(self, items: list[Item | Exception]) -> list[Any]:
         todo = _todo(items)
         results: list[CorrectionResult] | Exception = []
         if todo:
@@ -330,7 +299,7 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
                 results = err
         return self._finish_all(items, todo, results)
 
-    async def _arun(self, items: list[_Item | Exception]) -> list[Any]:
+    async def _arun(self, items: list[Item | Exception]) -> list[Any]:
         todo = _todo(items)
         results: list[CorrectionResult] | Exception = []
         if todo:
@@ -344,8 +313,8 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
 
     def _finish_all(
         self,
-        items: list[_Item | Exception],
-        todo: dict[int, _Item],
+        items: list[Item | Exception],
+        todo: dict[int, Item],
         results: list[CorrectionResult] | Exception,
     ) -> list[Any]:
         if isinstance(results, list) and len(results) != len(todo):
@@ -367,17 +336,22 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
                 outputs.append(err)
         return outputs
 
-    def _finish(self, item: _Item, outcome: Outcome, cause: BaseException | None = None) -> Any:
-        """The output for one item, applying the failure policy to a failed outcome."""
+    def _finish(self, item: Item, outcome: Outcome, cause: BaseException | None = None) -> Any:
+        """The output for one item: the failure policy applied, the outcome logged and put on the
+        traced run."""
         model, template = self.describe_backend()
+        annotate_run(item.run, outcome)
+        detail = f" ({outcome.detail})" if outcome.detail else ""
         if outcome.status == "failed":
-            detail = f" ({outcome.detail})" if outcome.detail else ""
             if self.on_failure == "raise":
                 message = f"the Aligner ({model}) failed: {outcome.reason}{detail}"
                 raise AlignerError(message) from (cause or outcome.error())
             logger.warning(
                 "Aligner %s failed (%s), keeping the original answer%s", model, outcome.reason, detail
             )
+        elif outcome.status == "skipped" and outcome.reason not in _QUIET_SKIPS:
+            level = logging.INFO if outcome.reason in _CHOSEN_SKIPS else logging.WARNING
+            logger.log(level, "Aligner %s skipped an answer (%s)%s", model, outcome.reason, detail)
         if item.kind == "str":
             return outcome.text
         return answer_after(item.draft, outcome, model=model, template=template)
@@ -386,9 +360,9 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _todo(items: list[_Item | Exception]) -> dict[int, _Item]:
+def _todo(items: list[Item | Exception]) -> dict[int, Item]:
     """The items to send to the backend, by position."""
-    return {i: item for i, item in enumerate(items) if isinstance(item, _Item) and item.draft.skip is None}
+    return {i: item for i, item in enumerate(items) if isinstance(item, Item) and item.draft.skip is None}
 
 
 def _outcome_of_error(draft: Draft, err: Exception) -> Outcome:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from aligner_chain.arguments import strict_keywords
 from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult
 
 __all__ = ["CallableBackend"]
@@ -13,6 +14,7 @@ class CallableBackend(AlignerBackend):
     """Correct with ``fn(question, answer) -> str``. An exception from ``fn`` fails that request
     with reason ``"backend_error"``; other requests in the batch are unaffected."""
 
+    @strict_keywords
     def __init__(self, fn: Callable[[str, str], str], *, name: str = "callable") -> None:
         self._fn = fn
         self._name = name

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from aligner_chain.arguments import strict_keywords
 from aligner_chain.backends.base import AlignerBackend
 
 __all__ = ["DEFAULT_MODEL", "MODEL_ENV", "build_backend", "check_backend_options", "default_model"]
@@ -22,11 +23,19 @@ def default_model() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 
-def check_backend_options(*, base_url: str | None, adapter: str | None, tokenizer: Any) -> None:
+def check_backend_options(
+    *,
+    base_url: str | None,
+    adapter: str | None = None,
+    tokenizer: Any = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+) -> None:
     """Options that only make sense for one kind of backend.
 
     Raises:
-        ValueError: ``adapter`` with ``base_url``, or ``tokenizer`` without it.
+        ValueError: ``adapter`` with ``base_url``; ``tokenizer``, ``timeout`` or ``max_retries``
+            without it.
     """
     if base_url and adapter:
         raise ValueError(
@@ -35,8 +44,15 @@ def check_backend_options(*, base_url: str | None, adapter: str | None, tokenize
         )
     if tokenizer is not None and not base_url:
         raise ValueError("tokenizer only applies with base_url (a local model uses its own tokenizer)")
+    for name, value in (("timeout", timeout), ("max_retries", max_retries)):
+        if value is not None and not base_url:
+            raise ValueError(
+                f"{name} only applies with base_url (it bounds the calls to a server); a local model "
+                "makes none: leave it unset"
+            )
 
 
+@strict_keywords
 def build_backend(
     model: str | None = None,
     *,
@@ -46,6 +62,8 @@ def build_backend(
     base_url: str | None = None,
     api_key: str | None = None,
     tokenizer: Any = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
@@ -57,13 +75,17 @@ def build_backend(
     local :class:`~aligner_chain.backends.transformers.TransformersBackend`. Nothing is loaded yet.
 
     ``model`` defaults to :func:`default_model`; ``max_batch_size`` is the rows per ``generate``
-    locally and the requests in flight with a server; ``tokenizer`` (server only) sends token ids.
+    locally and the requests in flight with a server; ``tokenizer`` (server only) sends token ids;
+    ``timeout`` and ``max_retries`` (server only) default to the backend's own (60 s, 3).
     """
-    check_backend_options(base_url=base_url, adapter=adapter, tokenizer=tokenizer)
+    check_backend_options(
+        base_url=base_url, adapter=adapter, tokenizer=tokenizer, timeout=timeout, max_retries=max_retries
+    )
     model = model or default_model()
     if base_url:
         from aligner_chain.backends.openai import OpenAIBackend
 
+        limits: dict[str, Any] = {"timeout": timeout, "max_retries": max_retries}
         return OpenAIBackend(
             model,
             base_url=base_url,
@@ -74,6 +96,7 @@ def build_backend(
             tokenizer=tokenizer,
             generation_kwargs=generation_kwargs,
             trust_remote_code=trust_remote_code,
+            **{k: v for k, v in limits.items() if v is not None},
         )
     from aligner_chain.backends.transformers import TransformersBackend
 

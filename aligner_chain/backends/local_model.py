@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aligner_chain.arguments import strict_keywords
 from aligner_chain.backends.availability import check_source
 from aligner_chain.backends.batching import BatchingWorker, BatchJob, StreamJob
 from aligner_chain.backends.devices import check_device, check_dtype, resolve_device, resolve_dtype
@@ -43,6 +44,7 @@ class LocalModel:
     load_retry_after_s: float = 60.0
     """How long a failed load is remembered before the next call tries again."""
 
+    @strict_keywords
     def __init__(
         self,
         model: str | os.PathLike[str],

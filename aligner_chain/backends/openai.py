@@ -17,23 +17,27 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, Retrying
 
+from aligner_chain.arguments import strict_keywords
 from aligner_chain.backends.availability import check_source, local_files_only
 from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult
 from aligner_chain.backends.completions_api import (
+    Payload,
     StreamDecoder,
-    error_message,
+    api_root,
+    raise_if_transient,
     result_from_response,
 )
+from aligner_chain.backends.deadlines import DeadlineExceeded, abefore, aread_before, before
 from aligner_chain.errors import CorrectionFailed
-from aligner_chain.prompts import DEFAULT_TEMPLATE, format_prompt, get_template
+from aligner_chain.prompts import DEFAULT_TEMPLATE, format_completion, format_prompt, get_template
 from aligner_chain.retry import (
     TransientStatus,
     describe_error,
@@ -41,13 +45,14 @@ from aligner_chain.retry import (
     is_transient_status,
     retry_options,
 )
-from aligner_chain.tokenization import encode_prompt
+from aligner_chain.tokenization import encode_prompt, encode_text
 
 __all__ = ["API_KEY_ENV", "OpenAIBackend"]
 
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "ALIGNER_API_KEY"
+_T = TypeVar("_T")
 _text_prompt_warned = False
 
 
@@ -62,14 +67,19 @@ class OpenAIBackend(AlignerBackend):
         api_key: sent as a bearer token; default the ``ALIGNER_API_KEY`` environment variable.
         template: a template name or string; ``None`` means ``"aligner-v1"`` (a remote model has no
             local ``aligner_config.json`` to read).
-        max_new_tokens: ``max_tokens`` of each request. A correction cut off at this length fails
-            with reason ``"truncated"``; a prompt that does not fit is skipped with ``"too_long"``.
-        timeout: seconds for each HTTP request (connect, read, write, pool).
+        max_new_tokens: ``max_tokens`` of each request. When the server says the prompt plus that
+            does not fit its context (and how long both are), the request is sent again with the
+            room that is left, unless that is less than the answer itself takes (``"too_long"``,
+            skipped). A correction cut off at its budget fails with reason ``"truncated"``.
+        timeout: a total deadline in seconds for each attempt, from connecting to the last byte (a
+            server that hangs or drips is cut off). Worst case per call: ``(max_retries + 1) *
+            timeout`` plus at most ``max_retries * max_backoff`` of waiting between attempts.
         max_retries: retries after the first attempt, for transient errors (connection errors,
             timeouts, 408, 409, 425, 429, 5xx: :mod:`aligner_chain.retry`). Others are not retried.
         max_concurrency: requests in flight at once per batch (and connections per client).
         tokenizer: the Aligner's tokenizer (hub id, local directory, or a loaded tokenizer); when given,
-            prompts go out as token ids so answer text can never become a control token.
+            prompts go out as token ids so answer text can never become a control token (for servers
+            that take token-id prompts: vLLM, SGLang).
         generation_kwargs: extra request fields (``temperature``, ``top_p``, ``seed``, ``stop``, ...)
             merged over the defaults ``temperature=0``.
         retry_backoff: first backoff in seconds (doubles per retry, with jitter).
@@ -78,9 +88,10 @@ class OpenAIBackend(AlignerBackend):
 
     Results: ``ok`` with the parsed correction; ``skipped("too_long")``; ``failed("truncated")``;
     ``failed("server_error")`` for an HTTP error (after retries where transient); ``failed("backend_error")``
-    when the server cannot be reached or its answer cannot be read.
+    when the server cannot be reached, misses its deadline or its answer cannot be read.
     """
 
+    @strict_keywords
     def __init__(
         self,
         model: str,
@@ -104,13 +115,11 @@ class OpenAIBackend(AlignerBackend):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         retry_options(max_retries=max_retries, backoff=retry_backoff, max_backoff=max_backoff)  # checks them
         self._model = model
-        self.base_url = _normalize_base_url(base_url)
+        self.base_url = api_root(base_url)
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         self._template = get_template(template if template is not None else DEFAULT_TEMPLATE)
         self.max_new_tokens = max_new_tokens
@@ -147,23 +156,25 @@ class OpenAIBackend(AlignerBackend):
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
-    def _payload(self, request: CorrectionRequest, *, stream: bool) -> dict[str, Any]:
-        prompt_text = format_prompt(request.question, request.answer, self._template)
-        prompt: str | list[int]
+    def _payload(self, request: CorrectionRequest, *, stream: bool) -> Payload:
+        text = format_prompt(request.question, request.answer, self._template)
         if self._tokenizer_source is None:
             _note_text_prompts()
-            prompt = prompt_text
-        else:
-            with self._lock:
-                prompt = encode_prompt(self._load_tokenizer(), prompt_text)
-        payload: dict[str, Any] = {
+            return Payload(self._body(text, stream), text, request.answer, None)
+        with self._lock:
+            tokenizer = self._load_tokenizer()
+            ids = encode_prompt(tokenizer, text)
+            needed = len(encode_text(tokenizer, format_completion(request.answer))) + 1
+        return Payload(self._body(ids, stream), text, request.answer, needed)
+
+    def _body(self, prompt: str | list[int], stream: bool) -> dict[str, Any]:
+        return {
             **self.generation_kwargs,
             "model": self._model,
             "prompt": prompt,
             "max_tokens": self.max_new_tokens,
             "stream": stream,
         }
-        return payload
 
     def _load_tokenizer(self) -> Any:
         # Called with self._lock held.
@@ -222,28 +233,39 @@ class OpenAIBackend(AlignerBackend):
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(payloads))) as pool:
             return list(pool.map(lambda payload: self._post_one(client, payload), payloads))
 
-    def _post_one(self, client: httpx.Client, payload: dict[str, Any]) -> CorrectionResult:
-        def attempt() -> httpx.Response:
-            response = client.post(self.endpoint, json=payload)
-            _raise_if_transient(response)
-            return response
+    def _post_one(self, client: httpx.Client, payload: Payload) -> CorrectionResult:
+        result = self._post_body(client, payload.body)
+        retry = payload.with_room(result)
+        return result if retry is None else self._post_body(client, retry)
+
+    def _post_body(self, client: httpx.Client, body: dict[str, Any]) -> CorrectionResult:
+        def attempt() -> tuple[int, bytes]:
+            deadline = time.monotonic() + self.timeout
+            with client.stream("POST", self.endpoint, json=body) as response:
+                content = b"".join(before(deadline, response.iter_bytes()))
+            raise_if_transient(response.status_code, response.headers, content)
+            return response.status_code, content
 
         try:
-            response = Retrying(**self._retry_options())(attempt)
+            status, content = Retrying(**self._retry_options())(attempt)
         except Exception as err:
             return self._exhausted(err)
-        return result_from_response(response.status_code, response.content)
+        return result_from_response(status, content)
 
     def stream(self, request: CorrectionRequest) -> Iterator[str]:
         payload = self._payload(request, stream=True)
         client = self._sync_client()
+        deadline = 0.0
 
         def attempt() -> httpx.Response:
-            response = client.send(client.build_request("POST", self.endpoint, json=payload), stream=True)
+            nonlocal deadline
+            deadline = time.monotonic() + self.timeout
+            built = client.build_request("POST", self.endpoint, json=payload.body)
+            response = client.send(built, stream=True)
             if is_transient_status(response.status_code):
-                response.read()
+                content = b"".join(before(deadline, response.iter_bytes()))
                 response.close()
-                _raise_if_transient(response)
+                raise_if_transient(response.status_code, response.headers, content)
             return response
 
         try:
@@ -253,13 +275,12 @@ class OpenAIBackend(AlignerBackend):
             raise  # not reached: an exhausted request is never ok
         try:
             if response.status_code >= 400:
-                response.read()
-                result_from_response(response.status_code, response.content).text_or_raise()
+                content = b"".join(before(deadline, response.iter_bytes()))
+                result_from_response(response.status_code, content).text_or_raise()
             decoder = StreamDecoder()
             try:
-                for line in response.iter_lines():
-                    delta = decoder.feed(line)
-                    if delta:
+                for line in before(deadline, response.iter_lines()):
+                    if delta := decoder.feed(line):
                         yield delta
                     if decoder.done:
                         break
@@ -286,35 +307,48 @@ class OpenAIBackend(AlignerBackend):
         semaphore = asyncio.Semaphore(self.max_concurrency)
         async with self._async_client() as client:
 
-            async def one(payload: dict[str, Any]) -> CorrectionResult:
+            async def one(payload: Payload) -> CorrectionResult:
                 async with semaphore:
-                    return await self._apost_one(client, payload)
+                    result = await self._apost_body(client, payload.body)
+                    retry = payload.with_room(result)
+                    return result if retry is None else await self._apost_body(client, retry)
 
             return list(await asyncio.gather(*(one(payload) for payload in payloads)))
 
-    async def _apost_one(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> CorrectionResult:
-        async def attempt() -> httpx.Response:
-            response = await client.post(self.endpoint, json=payload)
-            _raise_if_transient(response)
-            return response
+    async def _apost_body(self, client: httpx.AsyncClient, body: dict[str, Any]) -> CorrectionResult:
+        async def attempt() -> tuple[int, bytes]:
+            try:
+                response = await asyncio.wait_for(client.post(self.endpoint, json=body), self.timeout)
+            except asyncio.TimeoutError as err:
+                raise DeadlineExceeded(self.timeout) from err
+            raise_if_transient(response.status_code, response.headers, response.content)
+            return response.status_code, response.content
 
         try:
-            response: httpx.Response = await AsyncRetrying(**self._retry_options())(attempt)
+            status: int
+            content: bytes
+            status, content = await AsyncRetrying(**self._retry_options())(attempt)
         except Exception as err:
             return self._exhausted(err)
-        return result_from_response(response.status_code, response.content)
+        return result_from_response(status, content)
 
     async def astream(self, request: CorrectionRequest) -> AsyncIterator[str]:
         payload = self._payload(request, stream=True)
         async with self._async_client() as client:
+            deadline = 0.0
 
             async def attempt() -> httpx.Response:
-                built = client.build_request("POST", self.endpoint, json=payload)
-                response = await client.send(built, stream=True)
+                nonlocal deadline
+                deadline = time.monotonic() + self.timeout
+                built = client.build_request("POST", self.endpoint, json=payload.body)
+                try:
+                    response = await asyncio.wait_for(client.send(built, stream=True), self.timeout)
+                except asyncio.TimeoutError as err:
+                    raise DeadlineExceeded(self.timeout) from err
                 if is_transient_status(response.status_code):
-                    await response.aread()
+                    content = await aread_before(deadline, response)
                     await response.aclose()
-                    _raise_if_transient(response)
+                    raise_if_transient(response.status_code, response.headers, content)
                 return response
 
             try:
@@ -324,13 +358,12 @@ class OpenAIBackend(AlignerBackend):
                 raise  # not reached: an exhausted request is never ok
             try:
                 if response.status_code >= 400:
-                    await response.aread()
-                    result_from_response(response.status_code, response.content).text_or_raise()
+                    content = await aread_before(deadline, response)
+                    result_from_response(response.status_code, content).text_or_raise()
                 decoder = StreamDecoder()
                 try:
-                    async for line in response.aiter_lines():
-                        delta = decoder.feed(line)
-                        if delta:
+                    async for line in abefore(deadline, response.aiter_lines()):
+                        if delta := decoder.feed(line):
                             yield delta
                         if decoder.done:
                             break
@@ -361,17 +394,6 @@ class OpenAIBackend(AlignerBackend):
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _normalize_base_url(base_url: str) -> str:
-    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        raise ValueError(
-            f"base_url must be an http(s) URL such as http://localhost:8000/v1, got {base_url!r}"
-        )
-    url = base_url.rstrip("/")
-    if urlsplit(url).path in ("", "/"):
-        url += "/v1"
-    return url
-
-
 def _note_text_prompts() -> None:
     global _text_prompt_warned
     if not _text_prompt_warned:
@@ -380,13 +402,3 @@ def _note_text_prompts() -> None:
             "OpenAIBackend sends prompts as text: the server's tokenizer decides whether text such as "
             "'</s>' in an answer becomes a control token; pass tokenizer=... to send token ids instead"
         )
-
-
-def _raise_if_transient(response: httpx.Response) -> None:
-    if is_transient_status(response.status_code):
-        retry_after: float | None
-        try:
-            retry_after = float(response.headers.get("retry-after", ""))
-        except ValueError:
-            retry_after = None
-        raise TransientStatus(response.status_code, error_message(response.content), retry_after)

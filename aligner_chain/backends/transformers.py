@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from aligner_chain.arguments import strict_keywords
 from aligner_chain.backends.base import (
     AlignerBackend,
     CorrectionRequest,
@@ -62,6 +63,7 @@ class TransformersBackend(AlignerBackend):
     size of every ``generate`` batch, in order.
     """
 
+    @strict_keywords
     def __init__(
         self,
         model: str | os.PathLike[str],
