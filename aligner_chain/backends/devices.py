@@ -11,7 +11,14 @@ from aligner_chain.errors import AlignerError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["bf16_supported", "check_device", "check_dtype", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "accelerator_present",
+    "bf16_supported",
+    "check_device",
+    "check_dtype",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
 _DTYPE_NAMES = {
@@ -70,6 +77,13 @@ def resolve_dtype(dtype: str | Any, device: str) -> torch.dtype:
         name = {"cuda": "bfloat16", "mps": "float16"}.get(kind, "float32")
     result: torch.dtype = getattr(torch, name)
     return result
+
+
+def accelerator_present() -> bool:
+    """Whether a CUDA or MPS device is here (pinned host memory only helps with one)."""
+    import torch
+
+    return bool(torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def bf16_supported() -> bool:

@@ -23,6 +23,7 @@ from langchain_core.messages import AIMessage
 from aligner_chain import AlignerRunnable
 from aligner_chain.cli import main as cli_main
 from training.aligner.data import CorrectionRow
+from training.aligner.run_state import checkpoints_dir
 from training.demo.synthetic import SyntheticTask, make_synthetic_task, write_jsonl
 from training.demo.tiny_model import build_tiny_model
 
@@ -170,7 +171,8 @@ def test_tiny_model_learns_held_out_corrections_through_the_cli(
     assert (learned / "model.safetensors").is_file() and not (learned / "adapter_config.json").exists()
     # Safetensors only: no pickle (.bin, .pt, .pth) in what inference loads.
     assert not [p.name for p in learned.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
-    assert not list((learned / "checkpoints" / "warmup" / "final").glob("*.bin"))
+    assert not list(checkpoints_dir(learned).glob("*/final/*.bin"))
+    assert not (learned / "checkpoints").exists(), "resume checkpoints live beside the output, not in it"
 
 
 @pytest.mark.slow
@@ -225,7 +227,7 @@ def test_warm_up_stage_teaches_copying_and_the_residual_stage_starts_from_it(
         ("warmup", len(task.train), steps),
         ("residual", len(task.train), steps),
     ]
-    warmup_final = output / "checkpoints" / "warmup" / "final"
+    warmup_final = checkpoints_dir(output) / "warmup" / "final"
     done = json.loads((warmup_final / "stage_done.json").read_text())
     assert (done["name"], done["global_step"]) == ("warmup", steps)
 
@@ -349,8 +351,8 @@ def test_resume_continues_from_the_last_checkpoint(
         ("warmup", 4, None),
         ("residual", 4, None),
     ]
-    assert (output / "checkpoints" / "warmup" / "final" / "stage_done.json").is_file()
-    assert (output / "checkpoints" / "residual" / "checkpoint-4").is_dir()
+    assert (checkpoints_dir(output) / "warmup" / "final" / "stage_done.json").is_file()
+    assert (checkpoints_dir(output) / "residual" / "checkpoint-4").is_dir()
     capsys.readouterr()
 
     # Without --resume the run refuses to overwrite the checkpoints.
@@ -360,12 +362,24 @@ def test_resume_continues_from_the_last_checkpoint(
     assert _train(small_file, base_dir, output, *first, "--max-steps", "6", "--resume") == 0
     out = capsys.readouterr().out
     assert "warmup: 16 rows, 4 steps" in out and "finished in an earlier run" in out
-    checkpoint = str(output / "checkpoints" / "residual" / "checkpoint-4")
+    checkpoint = str(checkpoints_dir(output) / "residual" / "checkpoint-4")
     assert "residual: 64 rows, 6 steps, loss" in out and f"resumed from {checkpoint}" in out
     stages = _aligner_config(output)["extra"]["stages"]
     assert stages[0]["skipped"] == "finished in an earlier run"
     assert (stages[1]["global_step"], stages[1]["resumed_from"]) == (6, checkpoint)
-    assert (output / "checkpoints" / "residual" / "checkpoint-6").is_dir()
+    assert (checkpoints_dir(output) / "residual" / "checkpoint-6").is_dir()
+    capsys.readouterr()
+
+    # A resume with other data or another base model is refused, naming what differs: it would
+    # otherwise report success after zero steps and record the new data as its source.
+    other = small_file.with_name("other.jsonl")
+    other.write_text("".join(small_file.read_text().splitlines(keepends=True)[:40]))
+    assert _train(other, base_dir, output, *first, "--max-steps", "8", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "data:" in err and "40 rows" in err and "64 rows" in err
+    assert _train(small_file, base_dir, output, *first, "--max-steps", "8", "--resume", "--seed", "7") == 2
+    assert "seed: 42 then, 7 now" in capsys.readouterr().err
+    assert _aligner_config(output)["extra"]["data"] == str(small_file)  # the finished run is untouched
 
 
 # -- 5. bad data -----------------------------------------------------------------------------------
@@ -391,6 +405,11 @@ def test_missing_columns_exit_2_naming_the_file_and_the_columns_found(
     ("name", "content", "message"),
     [
         ("broken.jsonl", b'{"question": "Q"\n', "cannot read training data"),
+        (
+            "late.jsonl",
+            b'{"question": "Q", "answer": "A", "correction": "C"}\n\n{"question": "Q"\n',
+            r"late.jsonl:3: not valid JSON",
+        ),
         ("list.json", b'{"question": "Q"}', "must hold a list of objects"),
         ("latin1.csv", b"question,answer,correction\nQ,caf\xe9,C\n", "cannot read training data.*utf-8"),
     ],
@@ -431,9 +450,40 @@ def test_empty_and_non_string_rows_are_dropped_and_counted(
     )
     extra = _aligner_config(output)["extra"]
     assert extra["rows"] == 8 and extra["dropped_rows"] == {"empty": 2, "non_string": 2}
+    # ... and reported on stderr by line, not only in aligner_config.json.
+    err = capsys.readouterr().err
+    assert "dropped 4 row(s)" in err and "2 empty (line 9, line 10)" in err
+    assert "2 non_string (line 11, line 12)" in err
     assert [s["name"] for s in extra["stages"]] == ["residual"]  # identity_fraction 0: no warm-up
 
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("".join(json.dumps(row) + "\n" for row in bad))
     assert _train(only_bad, base_dir, tmp_path / "none") == 2
     assert "every row was dropped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("problem", ["missing", "pickle-only", "corrupt"])
+def test_a_base_model_that_cannot_load_is_one_line_and_exit_2(
+    small_file: Path, base_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], problem: str
+) -> None:
+    import shutil
+
+    base = tmp_path / "base"
+    if problem != "missing":
+        shutil.copytree(base_dir, base)
+        weights = base / "model.safetensors"
+        if problem == "pickle-only":
+            weights.rename(base / "pytorch_model.bin")
+        else:
+            weights.write_bytes(weights.read_bytes()[:100])
+    assert _train(small_file, base, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("aligner-chain train: error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    expected = {
+        "missing": "does not exist",
+        "pickle-only": "pytorch_model.bin (pickle)",
+        "corrupt": "not a readable safetensors file",
+    }[problem]
+    assert "base_model=" in lines[0] or "base_model:" in lines[0]
+    assert expected in lines[0]

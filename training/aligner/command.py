@@ -48,7 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     io.add_argument("--split", help="split of a hub dataset or saved DatasetDict (default: train)")
     io.add_argument("--base-model", help="base causal LM to fine-tune: hub id or local directory")
-    io.add_argument("--output-dir", help="where the Aligner (and checkpoints/) is written")
+    io.add_argument(
+        "--output-dir",
+        help="where the Aligner is written (safetensors and JSON only); resume checkpoints go beside it, "
+        "in OUTPUT_DIR.checkpoints/",
+    )
     io.add_argument(
         "--template",
         help="prompt template name (aligner-v1, aligner-general, ...) or a string with {question} and "
@@ -125,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         default=None,
-        help="continue the run in --output-dir from its last checkpoint (a finished warm-up is not redone)",
+        help="continue the run in --output-dir from its last checkpoint (a finished warm-up is not redone); "
+        "refused when the data, base model, method, template, warm-up share or seed differ",
     )
     precision = runtime.add_mutually_exclusive_group()
     precision.add_argument(
@@ -255,17 +260,18 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train; 0 on success, 2 on bad arguments, recipe or data."""
+    """Train; 0 on success, 2 on bad arguments, recipe, data or base model."""
     try:
         config = build_config(args)
     except ValueError as err:
         print(f"aligner-chain train: error: {err}", file=sys.stderr)
         return 2
+    from aligner_chain.errors import AlignerError
     from training.aligner.trainer import train_aligner
 
     try:
         result = train_aligner(config)
-    except (ValueError, ImportError) as err:  # bad data, or --qlora without bitsandbytes
+    except (ValueError, ImportError, AlignerError) as err:  # bad data or base model, --qlora without bnb
         print(f"aligner-chain train: error: {err}", file=sys.stderr)
         return 2
     for stage in result.stages:

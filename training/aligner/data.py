@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aligner_chain.prompts import AlignerTemplate, format_completion, format_prompt, get_template
 from aligner_chain.tokenization import encode_completion, encode_prompt
-from training.common.records import read_records
+from training.common.records import read_located_records
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -38,6 +38,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FIELDS = ("question", "answer", "correction")
+_SHOWN_DROPS = 5  # locations listed per reason
 IGNORE_INDEX = -100
 
 
@@ -52,11 +53,25 @@ class CorrectionRow:
 
 @dataclass(frozen=True)
 class CorrectionData:
-    """Rows loaded from ``source`` and how many were dropped, by reason."""
+    """Rows loaded from ``source``, how many were dropped by reason, and where the first few were."""
 
     source: str
     rows: list[CorrectionRow]
     dropped: dict[str, int] = field(default_factory=dict)
+    dropped_at: dict[str, list[str]] = field(default_factory=dict)
+
+    def dropped_summary(self) -> str | None:
+        """Which rows were dropped and why, for the user (``None`` when none were)."""
+        total = sum(self.dropped.values())
+        if not total:
+            return None
+        parts = []
+        for reason, count in self.dropped.items():
+            if count:
+                shown = self.dropped_at.get(reason, [])
+                more = ", ..." if count > len(shown) else ""
+                parts.append(f"{count} {reason} ({', '.join(shown)}{more})")
+        return f"{self.source}: dropped {total} row(s) with an empty or non-string field: " + "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,8 @@ def load_correction_data(
     """
     source = str(source)
     mapping = _resolve_columns(columns)
-    records = read_records(source, split, what="training data")
+    located = read_located_records(source, split, what="training data")
+    records = [record for _, record in located]
     found: list[str] = []
     for record in records:
         if isinstance(record, Mapping):
@@ -120,15 +136,20 @@ def load_correction_data(
         )
     rows: list[CorrectionRow] = []
     dropped = {"empty": 0, "non_string": 0}
-    for record in records:
+    dropped_at: dict[str, list[str]] = {"empty": [], "non_string": []}
+    for where, record in located:
         values = [record.get(c) if isinstance(record, Mapping) else None for c in wanted]
+        reason = None
         if not all(isinstance(v, str) for v in values):
-            dropped["non_string"] += 1
+            reason = "non_string"
+        elif not all(v.strip() for v in values):  # type: ignore[union-attr]
+            reason = "empty"
+        if reason is None:
+            rows.append(CorrectionRow(*values))  # type: ignore[arg-type]
             continue
-        if not all(v.strip() for v in values):  # type: ignore[union-attr]
-            dropped["empty"] += 1
-            continue
-        rows.append(CorrectionRow(*values))  # type: ignore[arg-type]
+        dropped[reason] += 1
+        if len(dropped_at[reason]) < _SHOWN_DROPS:
+            dropped_at[reason].append(where)
     logger.info(
         "loaded %d rows from %s (dropped %d with an empty field, %d with a non-string field)",
         len(rows),
@@ -138,7 +159,10 @@ def load_correction_data(
     )
     if not rows:
         raise ValueError(f"training data {source}: every row was dropped ({dropped}); nothing to train on")
-    return CorrectionData(source=source, rows=rows, dropped=dropped)
+    data = CorrectionData(source=source, rows=rows, dropped=dropped, dropped_at=dropped_at)
+    if summary := data.dropped_summary():
+        logger.warning(summary)
+    return data
 
 
 def resolve_identity_count(identity_fraction: float | int, n_rows: int) -> int:

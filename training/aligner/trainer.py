@@ -5,11 +5,14 @@
 the prompt. Stage 1 ("warmup") trains on identity rows (correction = answer) so the model learns to
 copy; stage 2 ("residual") continues from the stage-1 weights on the correction rows.
 
-Layout of ``output_dir``::
+Layout of ``output_dir`` (safetensors and JSON only: it is what gets published)::
 
     adapter_config.json + adapter_model.safetensors   (LoRA)   or   config.json + model.safetensors
     tokenizer files, aligner_config.json (template, base model, training facts)
-    checkpoints/warmup/checkpoint-N, checkpoints/warmup/final, checkpoints/residual/checkpoint-N
+
+and beside it, ``OUTPUT_DIR.checkpoints/`` (what ``--resume`` needs, see :mod:`.run_state`)::
+
+    run.json, warmup/checkpoint-N, warmup/final, residual/checkpoint-N
 
 ``AlignerRunnable(model=output_dir)`` loads it directly. Several GPUs: run the same command under
 ``accelerate launch`` (configs in ``training/aligner/accelerate/``), e.g.::
@@ -29,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aligner_chain.aligner_config import AlignerConfig, save_aligner_config
-from aligner_chain.backends.devices import bf16_supported, resolve_dtype
+from aligner_chain.backends.availability import check_source
+from aligner_chain.backends.devices import accelerator_present, bf16_supported, resolve_dtype
 from aligner_chain.prompts import get_template
 from training.aligner.config import TrainConfig
 from training.aligner.data import (
@@ -39,6 +43,7 @@ from training.aligner.data import (
     to_dataset,
     tokenize_rows,
 )
+from training.aligner.run_state import check_resume, checkpoints_dir, run_fingerprint, save_fingerprint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, TrainerCallback
@@ -48,7 +53,6 @@ __all__ = ["STAGE_DONE_NAME", "StageResult", "TrainResult", "train_aligner"]
 logger = logging.getLogger(__name__)
 
 STAGE_DONE_NAME = "stage_done.json"
-_CHECKPOINTS = "checkpoints"
 _TRAINING_ARGS_PICKLE = "training_args.bin"
 
 
@@ -173,6 +177,7 @@ def _sft_config(config: TrainConfig, stage_dir: Path) -> Any:
         seed=config.seed,
         data_seed=config.seed,
         bf16=_use_bf16(config),
+        dataloader_pin_memory=accelerator_present(),
         gradient_checkpointing=config.gradient_checkpointing,
         logging_steps=config.logging_steps,
         logging_first_step=True,
@@ -225,7 +230,7 @@ def _run_stage(
     """Train one stage and save its weights to ``save_to``; returns the result and the trainer."""
     from trl import SFTTrainer
 
-    stage_dir = Path(config.output_dir) / _CHECKPOINTS / name
+    stage_dir = checkpoints_dir(config.output_dir) / name
     features = tokenize_rows(rows, tokenizer, template=config.template, max_length=config.max_length)
     if not len(features):
         raise ValueError(
@@ -267,6 +272,12 @@ def _run_stage(
     return result, trainer
 
 
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return bool(PartialState().is_main_process)
+
+
 def _merge_adapter(config: TrainConfig, base: str, adapter_dir: Path, output_dir: Path) -> None:
     """Fold the LoRA adapter into an unquantized copy of the base and save the full model."""
     from peft import PeftModel
@@ -287,9 +298,11 @@ def train_aligner(config: TrainConfig) -> TrainResult:
     ``result.stages`` says what each stage did.
 
     Raises:
-        ValueError: bad data, a template that does not end on a token boundary, checkpoints in
-            ``output_dir`` without ``resume``, or an invalid setting.
+        ValueError: bad data, a template that does not end on a token boundary, checkpoints beside
+            ``output_dir`` without ``resume``, a resume with other settings, or an invalid setting.
         ImportError: ``qlora=True`` without bitsandbytes.
+        AlignerError: the base model cannot be had (a missing, empty, pickle-only or corrupt
+            directory, or a hub id neither cached nor reachable).
     """
     from transformers import AutoTokenizer, set_seed
 
@@ -298,15 +311,21 @@ def train_aligner(config: TrainConfig) -> TrainResult:
         _check_qlora()
     template = get_template(config.template)
     output_dir = Path(config.output_dir)
-    checkpoints = output_dir / _CHECKPOINTS
+    checkpoints = checkpoints_dir(output_dir)
     if not config.resume and checkpoints.is_dir() and any(checkpoints.iterdir()):
         raise ValueError(
-            f"output_dir {output_dir} already holds checkpoints; pass resume=True (--resume) to continue "
-            "that run, or choose a new output_dir"
+            f"output_dir {output_dir} has checkpoints in {checkpoints}; pass resume=True (--resume) to "
+            "continue that run, or choose a new output_dir"
         )
     set_seed(config.seed)
     base = _resolve_base(config.base_model)
+    check_source(base, field="base_model")  # missing, empty, pickle-only or corrupt: said at once
     data = load_correction_data(config.data, columns=config.columns, split=config.split)
+    fingerprint = run_fingerprint(config, base_model=base, template=template.to_json(), rows=data.rows)
+    if config.resume:
+        check_resume(checkpoints, fingerprint)
+    if _is_main_process():
+        save_fingerprint(checkpoints, fingerprint)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

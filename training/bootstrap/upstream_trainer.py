@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from aligner_chain.backends.devices import bf16_supported, resolve_dtype
+from aligner_chain.backends.devices import accelerator_present, bf16_supported, resolve_dtype
 from aligner_chain.backends.model_sources import load_causal_lm, resolve_sources
 from aligner_chain.jsonl import iter_jsonl
 from training.bootstrap.local_upstream import (
@@ -196,6 +196,7 @@ def train_upstream(
         "seed": seed,
         "data_seed": seed,
         "bf16": use_bf16,
+        "dataloader_pin_memory": accelerator_present(),
         "gradient_checkpointing": gradient_checkpointing,
         "logging_steps": logging_steps,
         "logging_first_step": True,

@@ -12,7 +12,7 @@ from typing import Any
 
 from aligner_chain.jsonl import iter_jsonl
 
-__all__ = ["read_records"]
+__all__ = ["read_located_records", "read_records"]
 
 _FILE_TYPES = (".json", ".jsonl", ".csv")
 
@@ -24,34 +24,47 @@ def read_records(source: str | Path, split: str = "train", *, what: str = "data"
         ValueError: the source cannot be read; the message starts ``cannot read {what} {source}``
             and says why (the line of a malformed JSONL row, a missing file, an unknown file type).
     """
+    return [record for _, record in read_located_records(source, split, what=what)]
+
+
+def read_located_records(
+    source: str | Path, split: str = "train", *, what: str = "data"
+) -> list[tuple[str, Any]]:
+    """Like :func:`read_records`, each record with where it is: ``"line N"`` in a JSONL or CSV file,
+    ``"item N"`` in a JSON list or a dataset (1-based)."""
     source = str(source)
     path = Path(source)
     try:
         if path.is_dir():
-            return _read_saved_dataset(path, split)
+            return _items(_read_saved_dataset(path, split))
         if path.is_file():
             return _read_file(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error, ValueError) as err:
         raise ValueError(f"cannot read {what} {source}: {err}") from err
     if path.suffix.lower() in _FILE_TYPES or source.startswith((".", "/", "~")):
         raise ValueError(f"cannot read {what} {source}: no such file or directory")
-    return _read_hub_dataset(source, split, what)
+    return _items(_read_hub_dataset(source, split, what))
 
 
-def _read_file(path: Path) -> list[Any]:
+def _items(records: list[Any]) -> list[tuple[str, Any]]:
+    return [(f"item {i}", record) for i, record in enumerate(records, start=1)]
+
+
+def _read_file(path: Path) -> list[tuple[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return [row for _, row in iter_jsonl(path, objects_only=False)]
+        return [(f"line {n}", row) for n, row in iter_jsonl(path, objects_only=False)]
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise ValueError("a .json file must hold a list of objects (use .jsonl for one per line)")
-        return data
+        return _items(data)
     if suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as fh:
-            return list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            return [(f"line {reader.line_num}", row) for row in reader]
     raise ValueError(f"unsupported file type {suffix!r}; use .json, .jsonl or .csv")
 
 
