@@ -16,7 +16,7 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[$*]"
 	touch $@
 
-demo: $(VENV)/.installed-train
+demo: $(VENV)/.installed-demo
 	$(BIN)/python examples/quickstart.py
 
 test: $(VENV)/.installed-dev

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-__all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
+__all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main", "quiet_progress"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -36,6 +36,25 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "bootstrap": Subcommand("training.bootstrap.command", extra="train"),
     "eval": Subcommand("training.evaluation.command", extra="train"),
 }
+
+
+def quiet_progress() -> None:
+    """Silence every progress bar the libraries underneath draw (transformers' loading and saving,
+    the hub's downloads, datasets' maps): what ``--no-progress`` means."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if importlib.util.find_spec("datasets") is not None:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def _load(name: str, spec: Subcommand) -> ModuleType | str:

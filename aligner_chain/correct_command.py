@@ -258,6 +258,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"aligner-chain correct: {err}", file=sys.stderr)
         return 2
     show = sys.stderr.isatty() if args.progress is None else args.progress
+    if not show:
+        from aligner_chain.cli import quiet_progress
+
+        quiet_progress()
     bar = tqdm(
         total=None if reading_stdin else _count_rows(args.input),
         unit="row",

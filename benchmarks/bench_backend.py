@@ -28,14 +28,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import logging
 import math
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,10 +47,11 @@ if TYPE_CHECKING:
     from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
     from aligner_chain.backends.transformers import TransformersBackend
 
-__all__ = ["machine_info", "main", "parse_args", "percentile", "run_benchmark"]
+from benchmarks.report import load_average, machine_info, percentile, write_report  # noqa: E402
+
+__all__ = ["main", "parse_args", "run_benchmark"]
 
 SCHEMA_VERSION = 1
-DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
 # -- arguments ------------------------------------------------------------------------------------
@@ -160,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=None,
-        help="JSON file to write; default: benchmarks/results/<machine>-<UTC timestamp>.json",
+        help="JSON file to write; default: benchmarks/out/bench_backend-<machine>-<UTC time>.json "
+        "(git-ignored; reference runs are kept in benchmarks/results/)",
     )
     parser.add_argument("--verbose", action="store_true", help="show the library's warnings and info logs")
     return parser
@@ -169,126 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default: ``sys.argv[1:]``)."""
     return build_parser().parse_args(argv)
-
-
-# -- machine --------------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        try:
-            out = subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, check=False
-            )
-            if out.stdout.strip():
-                return out.stdout.strip()
-        except OSError:
-            pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _ram_gib() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _load_average() -> list[float] | None:
-    """The 1/5/15-minute load averages: other work on the machine skews every figure."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _version(module: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(module)
-    except PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
-def machine_info() -> dict[str, Any]:
-    """The machine and software the figures were measured on."""
-    import torch
-
-    gpus: list[dict[str, Any]] = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(i)
-            gpus.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)})
-    return {
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": _usable_cores(),
-        "ram_gib": _ram_gib(),
-        "gpus": gpus,
-        "gpu_name": gpus[0]["name"] if gpus else None,
-        "cuda": torch.version.cuda if gpus else None,
-        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": _load_average(),
-        "versions": {
-            name: _version(name)
-            for name in ("torch", "transformers", "peft", "langchain-core", "aligner-chain", "accelerate")
-        },
-        "git_commit": _git_commit(),
-    }
-
-
-def machine_slug(machine: dict[str, Any]) -> str:
-    """A short file-name part: the GPU name, else ``cpu-<cores>core``."""
-    if machine.get("gpu_name"):
-        name = str(machine["gpu_name"]).lower()
-        return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "gpu"
-    return f"cpu-{machine.get('cpu_cores_usable') or machine.get('cpu_cores')}core"
-
-
-# -- statistics -----------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between closest ranks."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be within 0..100, got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def _ms(seconds: float) -> float:
@@ -771,11 +648,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def default_output(machine: dict[str, Any], when: dt.datetime) -> Path:
-    """``benchmarks/results/<machine>-<UTC timestamp>.json``."""
-    return DEFAULT_RESULTS_DIR / f"{machine_slug(machine)}-{when.strftime('%Y%m%dT%H%M%SZ')}.json"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the tables and write the JSON report; returns the exit status."""
     args = parse_args(argv)
@@ -805,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         results = run_benchmark(args, model_dir)
         elapsed = time.perf_counter() - t0
-    machine["load_average_after"] = _load_average()
+    machine["load_average_after"] = load_average()
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "benchmark": "bench_backend",
@@ -817,11 +689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
     }
     _attach_settings(report)
-    output = args.output or default_output(machine, started)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(markdown(report))
-    print(f"\nWrote {output}")
+    print(f"\nWrote {write_report(report, args.output, 'bench_backend', started)}")
     return 0
 
 

@@ -19,6 +19,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 
+from aligner_chain.cli import quiet_progress
+
 __all__ = ["DEFAULT_ALIGNER", "ReplayChatModel", "parse_args", "replay", "resolve_aligner", "show"]
 
 DEFAULT_ALIGNER = "runs/quickstart/aligner"
@@ -33,6 +35,7 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         help=f"Aligner directory or hub id (default: {DEFAULT_ALIGNER}, made by `make demo`)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest correction (tokens)")
+    quiet_progress()  # no loading bars between the printed examples
     return parser.parse_args(argv)
 
 

@@ -10,7 +10,7 @@ Needs the ``agents`` extra: ``pip install "aligner-chain[agents]"``.
 Runs offline: the upstream model is a fake chat model replaying a tool call then a wrong final
 answer, and the Aligner is the tiny demo Aligner that ``make demo`` trains into
 ``runs/quickstart/aligner``. The offline script stays inside what that Aligner learned (the synthetic
-task of ``training/synthetic.py``, in its exact phrasings): the agent looks up how many hours are in
+task of ``training/demo/synthetic.py``, in its exact phrasings): the agent looks up how many hours are in
 a day, then answers "There are 12 hours in a day.", which the Aligner corrects to 24.
 
 With a real provider and the released Aligner::

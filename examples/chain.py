@@ -10,7 +10,7 @@ Two ways, both shown below:
 
 Runs offline: the upstream model is a fake chat model replaying a wrong draft, and the Aligner is
 the tiny demo Aligner that ``make demo`` trains into ``runs/quickstart/aligner``. The offline script
-stays inside what that Aligner learned (the synthetic task of ``training/synthetic.py``: capitals,
+stays inside what that Aligner learned (the synthetic task of ``training/demo/synthetic.py``: capitals,
 small sums, unit facts, in its exact phrasings), so the correction you see is a real one:
 "The capital of Peru is Ottawa." becomes "The capital of Peru is Lima.".
 
@@ -59,10 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     chain = with_aligner(llm, aligner)
     show("with_aligner(llm, aligner)", chain.invoke(QUESTION))
 
-    # 2. A plain pipe: the Aligner sees only the answer...
+    # 2. A plain pipe: the Aligner sees only the answer. The demo Aligner learned to fix a value from
+    # the question; blind, it can only guess, and its guess is shown as it is.
     piped = llm | aligner
     show("llm | aligner (no question)", piped.invoke(QUESTION))
-    # ...unless the question is passed per call.
+    print("(a blind guess: without the question no Aligner can know the right capital; use with_aligner)")
+    # With the question passed per call, the pipe corrects like with_aligner.
     config = {"configurable": {"aligner_question": QUESTION}}
     show("llm | aligner (question in config)", piped.invoke(QUESTION, config=config))  # type: ignore[arg-type]
 

@@ -10,7 +10,7 @@ replace the draft with it.
 Runs offline: the upstream model is a fake chat model replaying a tool call then a wrong final
 answer, and the Aligner is the tiny demo Aligner that ``make demo`` trains into
 ``runs/quickstart/aligner``. The offline script stays inside what that Aligner learned (the synthetic
-task of ``training/synthetic.py``, in its exact phrasings): the agent calls ``add(4, 5)``, then
+task of ``training/demo/synthetic.py``, in its exact phrasings): the agent calls ``add(4, 5)``, then
 misreads the result as "4 plus 5 is 8.", which the Aligner corrects to "4 plus 5 is 9.".
 
 With a real provider and the released Aligner::

@@ -1,4 +1,5 @@
-"""The whole loop, offline, in a few minutes on a laptop CPU: data, base model, Aligner, corrected chain.
+"""The whole loop, offline, on a laptop CPU (README: how long it takes): data, base model, Aligner,
+corrected chain.
 
 1. Write a small correction dataset (``training.demo.synthetic``): questions about capitals, sums and
    units, flawed answers that state a wrong value, and corrections that only the question fixes.
@@ -20,6 +21,7 @@ Usage: ``python examples/quickstart.py [--output-dir runs/quickstart] [--reuse] 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +32,9 @@ from langchain_core.messages import AIMessage
 
 from aligner_chain import AlignerRunnable, with_aligner
 from aligner_chain.cli import main as aligner_chain_cli
+from aligner_chain.cli import quiet_progress
 from training.aligner.data import CorrectionRow
+from training.aligner.run_state import checkpoints_dir
 from training.demo.synthetic import make_synthetic_task, write_jsonl
 from training.demo.tiny_model import build_tiny_model
 
@@ -53,6 +57,8 @@ def train(out: Path, task_rows: list[CorrectionRow], corpus: list[str], epochs: 
     data = write_jsonl(task_rows, out / "train.jsonl")
     base = build_tiny_model(out / "base", corpus)
     aligner_dir = out / "aligner"
+    for previous in (aligner_dir, checkpoints_dir(aligner_dir)):  # a new demo run starts afresh
+        shutil.rmtree(previous, ignore_errors=True)
     command = ["train", "--config", "tiny-cpu", "--data", str(data), "--base-model", str(base)]
     command += ["--output-dir", str(aligner_dir), "--no-progress"]
     if epochs is not None:
@@ -70,6 +76,7 @@ def upstream(answers: list[str]) -> GenericFakeChatModel:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_progress()
     started = time.perf_counter()
     task = make_synthetic_task()
     print(f"1. data: {len(task.train)} training rows, {len(task.held_out)} held-out rows")
@@ -77,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reuse and (aligner_dir / "aligner_config.json").is_file():
         print(f"2-3. reusing the Aligner in {aligner_dir}")
     else:
-        print("2-3. building a tiny base model and training an Aligner on it (CPU, a few minutes)")
+        print("2-3. building a tiny base model and training an Aligner on it")
         aligner_dir = train(args.output_dir, task.train, task.corpus(template="aligner-v1"), args.epochs)
     trained = time.perf_counter()
 

@@ -49,10 +49,11 @@ def check_source(source: str, *, field: str = "model", revision: str | None = No
             return
         why = hub_unreachable()
         if why is not None:
+            also = " (or set $ALIGNER_MODEL)" if field == "model" else ""
             raise AlignerError(
                 f"{field}={source!r} is neither a local directory nor in the local Hugging Face cache, and "
-                f"the hub cannot be reached ({why}); pass {field}= a local model directory (the Aligner "
-                "also reads $ALIGNER_MODEL), or connect to the hub and try again"
+                f"the hub cannot be reached ({why}); pass {field}= a local model directory{also}, or "
+                "connect to the hub and try again"
             )
         return
     check_local_model(Path(source).expanduser(), field=field)

@@ -1,6 +1,6 @@
 """AlignerRunnable and ChatAligner on a real tiny Aligner, trained here through the CLI.
 
-The Aligner learns the synthetic task (training/synthetic.py): a wrong value in an answer is fixed
+The Aligner learns the synthetic task (training/demo/synthetic.py): a wrong value in an answer is fixed
 from the question, so whether the question reaches the model is visible in the output.
 """
 

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aligner_chain.cli import quiet_progress
+
 __all__ = ["HELP", "RECIPES_DIR", "add_arguments", "load_recipe", "resolve_recipe", "run"]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -161,7 +163,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run code shipped with the base model (off by default)",
     )
     runtime.add_argument(
-        "--no-progress", dest="disable_tqdm", action="store_true", default=None, help="hide progress bars"
+        "--no-progress",
+        dest="disable_tqdm",
+        action="store_true",
+        default=None,
+        help="no progress bars at all (training, loading, saving, data preparation)",
     )
 
 
@@ -266,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"aligner-chain train: error: {err}", file=sys.stderr)
         return 2
+    if config.disable_tqdm:
+        quiet_progress()
     from aligner_chain.errors import AlignerError
     from training.aligner.trainer import train_aligner
 

@@ -178,7 +178,7 @@ def _sft_config(config: TrainConfig, stage_dir: Path) -> Any:
         data_seed=config.seed,
         bf16=_use_bf16(config),
         dataloader_pin_memory=accelerator_present(),
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,
         logging_steps=config.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -228,6 +228,7 @@ def _run_stage(
     final: bool,
 ) -> tuple[StageResult, Any]:
     """Train one stage and save its weights to ``save_to``; returns the result and the trainer."""
+    from transformers import PrinterCallback
     from trl import SFTTrainer
 
     stage_dir = checkpoints_dir(config.output_dir) / name
@@ -248,6 +249,8 @@ def _run_stage(
         peft_config=peft_config,
         callbacks=[_loss_logger(name)],
     )
+    if config.disable_tqdm:  # no bar, and no log lines printed in its place: _loss_logger logs them
+        trainer.remove_callback(PrinterCallback)
     if not config.full:
         peft_model: Any = trainer.model
         trainable, total = peft_model.get_nb_trainable_parameters()
@@ -319,8 +322,8 @@ def train_aligner(config: TrainConfig) -> TrainResult:
         )
     set_seed(config.seed)
     base = _resolve_base(config.base_model)
-    check_source(base, field="base_model")  # missing, empty, pickle-only or corrupt: said at once
     data = load_correction_data(config.data, columns=config.columns, split=config.split)
+    check_source(base, field="base_model")  # missing, empty, pickle-only or corrupt: said at once
     fingerprint = run_fingerprint(config, base_model=base, template=template.to_json(), rows=data.rows)
     if config.resume:
         check_resume(checkpoints, fingerprint)

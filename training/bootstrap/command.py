@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from aligner_chain.cli import quiet_progress
+
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = """Bootstrap an upstream causal LM from its Aligner-corrected answers, round after round.
@@ -95,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.no_progress:
+        quiet_progress()
     from aligner_chain.runnable import AlignerRunnable
     from training.bootstrap.rounds import run_bootstrap
 

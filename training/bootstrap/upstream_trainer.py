@@ -197,7 +197,7 @@ def train_upstream(
         "data_seed": seed,
         "bf16": use_bf16,
         "dataloader_pin_memory": accelerator_present(),
-        "gradient_checkpointing": gradient_checkpointing,
+        "activation_checkpointing": gradient_checkpointing,
         "logging_steps": logging_steps,
         "logging_first_step": True,
         "save_strategy": "no",

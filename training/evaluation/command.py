@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from aligner_chain.cli import quiet_progress
+
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = """Judge corrected against original answers and report wins, ties, losses and omega.
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.no_progress:
+        quiet_progress()
     from training.evaluation.win_rates import (
         judge_win_rates,
         load_eval_rows,
