@@ -48,6 +48,10 @@ class CompletionsServer:
             message (tokens with a model, characters with a rule); ``0`` rejects everything.
         force_length: always report ``finish_reason: "length"``.
         fail_if: ``fail_if(prompt) -> status | None``: answer that prompt with that status, every time.
+        retry_after: with ``fail_first``, the ``Retry-After`` header (seconds) of those answers.
+        fault: misbehave on every request: ``"hang"`` (never answer), ``"drip"`` (send a whole answer
+            one byte every 0.2 s), ``"malformed"`` (200 with a body that is not JSON) or ``"drop"``
+            (close the connection without a word).
     """
 
     def __init__(
@@ -60,6 +64,8 @@ class CompletionsServer:
         context_limit: int | None = None,
         force_length: bool = False,
         fail_if: Callable[[Any], int | None] | None = None,
+        retry_after: float | None = None,
+        fault: str | None = None,
     ) -> None:
         if (model_dir is None) == (rule is None):
             raise ValueError("give exactly one of model_dir and rule")
@@ -69,6 +75,9 @@ class CompletionsServer:
         self.context_limit = context_limit
         self.force_length = force_length
         self.fail_if = fail_if
+        self.retry_after = retry_after
+        self.fault = fault
+        self.released = threading.Event()  # set on stop: hanging handlers return
         self.payloads: list[dict[str, Any]] = []  # every request body received, in order
         self.prompt_ids: list[list[int]] = []  # with a model: the token ids each prompt became
         self.authorizations: list[str | None] = []  # the Authorization header of each request
@@ -98,6 +107,7 @@ class CompletionsServer:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -175,8 +185,14 @@ def _make_handler(server: CompletionsServer) -> type[BaseHTTPRequestHandler]:
             with server._lock:
                 server.payloads.append(payload)
                 server.authorizations.append(self.headers.get("Authorization"))
+            if server.fault is not None:
+                self._misbehave(server.fault, payload)
+                return
             if server._take_failure():
-                self._json(server.fail_status, {"error": {"message": "server overloaded, try later"}})
+                headers = {"Retry-After": f"{server.retry_after:g}"} if server.retry_after is not None else {}
+                self._json(
+                    server.fail_status, {"error": {"message": "server overloaded, try later"}}, headers
+                )
                 return
             status = server.fail_if(payload["prompt"]) if server.fail_if is not None else None
             if status is not None:
@@ -201,9 +217,38 @@ def _make_handler(server: CompletionsServer) -> type[BaseHTTPRequestHandler]:
                 choice = {"index": 0, "text": generation.text, "finish_reason": generation.finish_reason}
                 self._json(200, {"object": "text_completion", "model": payload["model"], "choices": [choice]})
 
-        def _json(self, status: int, data: dict[str, Any]) -> None:
+        def _misbehave(self, fault: str, payload: dict[str, Any]) -> None:
+            if fault == "hang":
+                server.released.wait(60)
+                self.close_connection = True
+            elif fault == "drop":
+                self.close_connection = True  # no status line, no body
+            elif fault == "malformed":
+                raw = b"<html>502 Bad Gateway</html>"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+            elif fault == "drip":
+                choice = {"index": 0, "text": " fixed", "finish_reason": "stop"}
+                raw = json.dumps({"object": "text_completion", "choices": [choice]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                for byte in raw:
+                    if server.released.wait(0.2):
+                        break
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+            else:
+                raise ValueError(f"unknown fault {fault!r}")
+
+        def _json(self, status: int, data: dict[str, Any], headers: dict[str, str] | None = None) -> None:
             raw = json.dumps(data).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
