@@ -161,3 +161,13 @@ def test_model_defaults_to_the_aligner_model_variable(
         AlignerRunnable(device="cpu", max_new_tokens=24).invoke({"question": QUESTION, "answer": ANSWER})
         == "The answer is 4."
     )
+
+
+@pytest.mark.slow
+def test_the_defaults_correct_with_a_small_context_aligner(aligner_dir: Path) -> None:
+    """max_new_tokens=1024 is more than this Aligner's whole 512-token context: the correction gets
+    the room that is left instead of every call being skipped as too long."""
+    default = AlignerRunnable(str(aligner_dir), device="cpu")
+    assert default.max_new_tokens == 1024
+    fixed = default.invoke({"question": QUESTION, "answer": AIMessage(ANSWER)})
+    assert fixed.text == "The answer is 4." and fixed.response_metadata["aligner"]["status"] == "corrected"
