@@ -1,53 +1,53 @@
 """``aligner-chain correct``: correct the answers in a JSONL file (or stdin) with an Aligner.
 
-The row functions (:func:`parse_row`, :func:`output_row`) are importable for scripts that read and
-write the same format. Heavy libraries load only inside :func:`run`.
+The command reads rows, plans each against the output (:class:`ResumableOutput`), has them
+corrected by an engine (this process: :func:`correct_in_order`; Ray Data:
+:func:`aligner_chain.offline.ray_data.iter_corrections`) and writes them in input order. Heavy
+libraries load only inside :func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import sys
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from aligner_chain.backends.base import CorrectionRequest, CorrectionResult, classify
-from aligner_chain.backends.factory import DEFAULT_MODEL, MODEL_ENV, build_backend
-from aligner_chain.jsonl import JsonlWriter, MalformedLine, iter_jsonl
+from aligner_chain.backends.base import CorrectionRequest
+from aligner_chain.backends.factory import DEFAULT_MODEL, MODEL_ENV, build_backend, check_backend_options
+from aligner_chain.jsonl import MalformedLine, iter_jsonl
+from aligner_chain.offline.output import OutputConflict, ResumableOutput
+from aligner_chain.offline.ray_options import RAY_EXTRA_HINT, add_ray_arguments, ray_options_from_args
+from aligner_chain.offline.rows import OUTPUT_STATUSES, OutputFields, output_row, parse_row
 
-if TYPE_CHECKING:
-    from aligner_chain.backends.base import AlignerBackend
-
-__all__ = [
-    "HELP",
-    "OUTPUT_STATUSES",
-    "add_arguments",
-    "make_backend",
-    "output_row",
-    "parse_row",
-    "run",
-]
-
-logger = logging.getLogger(__name__)
-
-OUTPUT_STATUSES = ("corrected", "unchanged", "skipped", "failed")
+__all__ = ["HELP", "add_arguments", "backend_options", "output_row", "parse_row", "run"]
 
 HELP = """Correct the answers in a JSONL file with an Aligner.
 
-Reads rows {"question": ..., "answer": ...} from FILE (or stdin) and writes each row back, other keys
-kept, with "correction" (null unless corrected or unchanged), "status" (corrected, unchanged, skipped
-or failed), "reason" (why skipped or failed, else null) and, when there is one, "detail". A malformed
-row is reported on stderr with its line number and skipped; the run goes on. A summary with the counts
-ends the run on stderr.
+Reads rows {"question": ..., "answer": ...} from FILE (or stdin) and writes each row back, in input
+order, other keys kept, with "correction" (null unless corrected or unchanged), "status" (corrected,
+unchanged, skipped or failed), "reason" (why skipped or failed, else null) and, when there is one,
+"detail". An empty answer is skipped (reason "empty"). A malformed row, or one that already has a
+result field, is reported on stderr with its line number and left out. A summary with the counts and
+rows/s ends the run on stderr. Exit status: 0 when every row was handled, 1 when a row failed or was
+left out or the Aligner could not be loaded or reached, 2 for usage errors.
+
+An existing --output is never overwritten silently: --resume continues it (finished rows are kept
+byte for byte, failed rows are tried again), --overwrite replaces it.
 
 Examples:
   aligner-chain correct answers.jsonl --output corrected.jsonl
   cat answers.jsonl | aligner-chain correct --model ./my-aligner > corrected.jsonl
-  aligner-chain correct answers.jsonl --base-url http://localhost:8000/v1 --model aligner
+  aligner-chain correct answers.jsonl -o out.jsonl --base-url http://localhost:8000/v1 --model aligner \\
+      --concurrency 64 --resume
+  aligner-chain correct answers.jsonl -o out.jsonl --model ./my-aligner --engine ray --replicas 4 \\
+      --gpus-per-replica 1
 """
 
 
@@ -81,8 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help='JSONL rows with "question" and "answer" strings; "-" or nothing reads stdin',
     )
+    parser.add_argument("-o", "--output", default="-", help='JSONL results (default "-": stdout)')
     parser.add_argument(
-        "-o", "--output", default="-", help='where to write the JSONL results (default "-": stdout)'
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into --output: its finished rows are kept, failed rows are "
+        "tried again, the rest is added",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument(
+        "--output-prefix",
+        default="",
+        metavar="PREFIX",
+        help="write the results as PREFIXcorrection, PREFIXstatus, PREFIXreason, PREFIXdetail "
+        "(for input rows that already use those names)",
     )
     parser.add_argument(
         "--model",
@@ -102,8 +114,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_positive_int,
         default=8,
-        help="rows per backend call: one batched generate locally, concurrent requests with "
-        "--base-url (default 8)",
+        help="rows per batched generate of a local model, or per Ray replica call (default 8)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=None,
+        help="with --base-url: requests in flight at once, kept full across rows (default 8); with a "
+        "local model: batches queued for it (default 1)",
     )
     parser.add_argument(
         "--max-new-tokens",
@@ -113,9 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--base-url",
-        help="use an OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, TGI) at this URL, "
-        "e.g. http://localhost:8000/v1, instead of loading the model here; the API key is read from "
-        "$ALIGNER_API_KEY",
+        help="use an OpenAI-compatible completions server (vLLM, SGLang, llama.cpp, TGI, transformers "
+        "serve) at this URL, e.g. http://localhost:8000/v1, instead of loading the model here; the API "
+        "key is read from $ALIGNER_API_KEY",
     )
     parser.add_argument(
         "--timeout",
@@ -131,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer",
         help="with --base-url: the Aligner's tokenizer (hub id or directory); prompts are then sent as "
-        "token ids so text such as '</s>' in an answer never becomes a control token",
+        "token ids so text such as '</s>' in an answer never becomes a control token (vLLM, SGLang)",
     )
     parser.add_argument(
         "--device",
@@ -153,83 +171,209 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="show a progress bar on stderr (default: when stderr is a terminal)",
+        help="show a progress bar with rows/s on stderr (default: when stderr is a terminal)",
     )
+    add_ray_arguments(parser.add_argument_group("Ray Data (offline jobs on a cluster)"), what="correction")
 
 
-def parse_row(value: Any) -> CorrectionRequest:
-    """The request in one parsed JSONL value.
-
-    Raises:
-        ValueError: not an object, or ``question``/``answer`` missing or not strings.
-    """
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-    problems = []
-    for key in ("question", "answer"):
-        if key not in value:
-            problems.append(f'"{key}" is missing')
-        elif not isinstance(value[key], str):
-            problems.append(f'"{key}" must be a string, got {type(value[key]).__name__}')
-    if problems:
-        raise ValueError("; ".join(problems))
-    return CorrectionRequest(value["question"], value["answer"])
-
-
-def output_row(row: dict[str, Any], result: CorrectionResult) -> dict[str, Any]:
-    """The input row with ``correction``, ``status``, ``reason`` (and ``detail``) set from ``result``."""
-    out = dict(row)
-    outcome = classify(str(row.get("answer", "")), result)
-    kept = outcome.status in ("corrected", "unchanged")
-    out.update(
-        correction=result.text if kept else None,
-        status=outcome.status,
-        reason=None if kept else outcome.reason,
-    )
-    out.pop("detail", None)
-    if outcome.detail:
-        out["detail"] = outcome.detail
-    return out
-
-
-def make_backend(args: argparse.Namespace) -> AlignerBackend:
-    """The backend the flags ask for (nothing is loaded yet: backends load on first use).
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`~aligner_chain.backends.factory.build_backend` options the flags ask for.
 
     Raises:
         ValueError: flags that do not go together (``--adapter`` with ``--base-url``, ...).
     """
-    return build_backend(
-        args.model,
-        adapter=args.adapter,
-        template=args.template,
-        max_new_tokens=args.max_new_tokens,
+    check_backend_options(
         base_url=args.base_url,
+        adapter=args.adapter,
         tokenizer=args.tokenizer,
         timeout=args.timeout,
         max_retries=args.max_retries,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-        max_batch_size=args.batch_size,
     )
+    remote_here = bool(args.base_url) and args.engine == "local"
+    in_flight = (args.concurrency or 8) if remote_here else args.batch_size
+    return {
+        "model": args.model,
+        "adapter": args.adapter,
+        "template": args.template,
+        "max_new_tokens": args.max_new_tokens,
+        "base_url": args.base_url,
+        "tokenizer": args.tokenizer,
+        "timeout": args.timeout,
+        "max_retries": args.max_retries,
+        "device": args.device,
+        "dtype": args.dtype,
+        "trust_remote_code": args.trust_remote_code,
+        "max_batch_size": in_flight,
+    }
 
 
-def _batches(
-    lines: Iterator[tuple[int, Any]], size: int, report: Callable[[int, str], None]
-) -> Iterator[list[tuple[dict[str, Any], CorrectionRequest]]]:
-    batch: list[tuple[dict[str, Any], CorrectionRequest]] = []
-    for line_number, value in lines:
-        try:
-            request = parse_row(value)
-        except ValueError as err:
-            report(line_number, str(err))
-            continue
-        batch.append((value, request))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+@dataclass(frozen=True)
+class _Pending:
+    """A valid input row to correct: its position among the valid rows, the row, the request."""
+
+    position: int
+    row: dict[str, Any]
+    request: CorrectionRequest
+
+
+class _Run:
+    """One run's input, output and counts (the engines only see :class:`_Pending` rows)."""
+
+    def __init__(self, args: argparse.Namespace, output: ResumableOutput, bar: Any) -> None:
+        self.args, self.output, self.bar = args, output, bar
+        self.fields = output.fields
+        self.source_name = "<stdin>" if args.input == "-" else args.input
+        self.counts: Counter[str] = Counter()
+        self.valid_rows = 0
+        self.started = time.perf_counter()
+
+    def start_clock(self) -> None:
+        """Rows/s count from here (after the model is loaded)."""
+        self.started = time.perf_counter()
+        self.bar.reset(total=self.bar.total)
+
+    def pending(self) -> Iterator[_Pending]:
+        """The rows to correct, in order; invalid rows are reported, finished ones counted."""
+        source: IO[str] | str = sys.stdin if self.args.input == "-" else self.args.input
+        for line_number, value in iter_jsonl(source, on_malformed=self._report_line):
+            try:
+                request = parse_row(value, self.fields)
+            except ValueError as err:
+                self._report(line_number, str(err))
+                continue
+            position, self.valid_rows = self.valid_rows, self.valid_rows + 1
+            if self.output.plan(position, value, where=f"line {line_number}") == "keep":
+                self.bar.update(1)
+                continue
+            yield _Pending(position, value, request)
+
+    def _report_line(self, bad: MalformedLine) -> None:
+        self._report(bad.line_number, bad.error)
+
+    def _report(self, line_number: int, error: str) -> None:
+        from tqdm import tqdm
+
+        self.counts["invalid"] += 1
+        self.bar.update(1)
+        message = f"aligner-chain correct: {self.source_name}, line {line_number}: {error}; row left out"
+        tqdm.write(message, file=sys.stderr)
+
+    def write(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
+        self.output.write(rows)
+        self.counts.update(row[self.fields.status] for _, row in rows)
+        self.bar.update(len(rows))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Correct every row; 0 when every row was handled, 1 when one failed or was left out or the
+    Aligner could not be had, 2 for usage errors."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from aligner_chain.offline.corrections import AlignerUnavailable
+
+    problem = _usage_problem(args)
+    if problem:
+        print(f"aligner-chain correct: {problem}", file=sys.stderr)
+        return 1 if problem.startswith("input file not found") else 2
+    try:
+        options = backend_options(args)
+        ray_options = ray_options_from_args(args, batch_size=args.batch_size)
+        fields = OutputFields.with_prefix(args.output_prefix)
+        output = ResumableOutput(
+            sys.stdout if args.output == "-" else args.output,
+            fields=fields,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, OSError) as err:  # OutputConflict is a ValueError
+        print(f"aligner-chain correct: {err}", file=sys.stderr)
+        return 2
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    if not show:
+        from aligner_chain.cli import quiet_progress
+
+        quiet_progress()
+    total = None if args.input == "-" else _count_rows(args.input)
+    bar = tqdm(
+        total=total, unit=" rows", desc="correcting", file=sys.stderr, disable=not show, dynamic_ncols=True
+    )
+    state = _Run(args, output, bar)
+    try:
+        with logging_redirect_tqdm() if show else nullcontext():
+            if ray_options is None:
+                _correct_here(state, options)
+            else:
+                _correct_on_ray(state, options, ray_options)
+            output.finish(state.valid_rows)
+    except AlignerUnavailable as err:
+        print(f"aligner-chain correct: {err}; fix it and run again with --resume", file=sys.stderr)
+        return 1
+    except OutputConflict as err:
+        print(f"aligner-chain correct: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(f"aligner-chain correct: {RAY_EXTRA_HINT} ({err})", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as err:  # a Ray layout that cannot run, rows lost by Ray
+        print(f"aligner-chain correct: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+    finally:
+        output.close()
+        bar.close()
+    return _summarise(state, output, time.perf_counter() - state.started)
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    if args.input != "-" and not Path(args.input).is_file():
+        return f"input file not found: {args.input}"
+    if args.output != "-" and args.input != "-" and Path(args.output).resolve() == Path(args.input).resolve():
+        return "--output must differ from the input file"
+    if args.resume and args.output == "-":
+        return "--resume needs --output FILE (the rows already there are what it continues)"
+    if args.resume and args.overwrite:
+        return "--resume and --overwrite exclude each other"
+    if args.concurrency is not None and args.engine == "ray":
+        return "--concurrency applies to --engine local; on Ray each replica has --batch-size rows in flight"
+    return None
+
+
+def _correct_here(state: _Run, options: dict[str, Any]) -> None:
+    from aligner_chain.offline.corrections import check_aligner
+    from aligner_chain.offline.engine import correct_in_order
+
+    backend = build_backend(**options)
+    check_aligner(backend)
+    state.start_clock()
+    remote = bool(options["base_url"])
+    for ready in correct_in_order(
+        backend,
+        state.pending(),
+        lambda item: item.request,
+        concurrency=state.args.concurrency or (8 if remote else 1),
+        chunk_size=1 if remote else state.args.batch_size,
+    ):
+        state.write([(item.position, output_row(item.row, result, state.fields)) for item, result in ready])
+
+
+def _correct_on_ray(state: _Run, options: dict[str, Any], ray_options: Any) -> None:
+    from aligner_chain.offline.ray_data import iter_corrections
+
+    def staged() -> Iterator[tuple[int, CorrectionRequest, str]]:
+        for item in state.pending():
+            yield item.position, item.request, json.dumps(item.row, ensure_ascii=False)
+
+    model = options.pop("model")
+    staging = None if state.args.output == "-" else Path(state.args.output).resolve().parent
+    for group in iter_corrections(
+        staged(), model, options=ray_options, backend_options=options, staging_dir=staging
+    ):
+        state.write(
+            [
+                (row_id, output_row(json.loads(payload or "{}"), result, state.fields))
+                for row_id, result, payload in group
+            ]
+        )
 
 
 def _count_rows(path: str) -> int | None:
@@ -240,80 +384,16 @@ def _count_rows(path: str) -> int | None:
         return None
 
 
-def run(args: argparse.Namespace) -> int:
-    """Correct every row; exit status 0 when the run completes (see the summary for failures)."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    reading_stdin = args.input == "-"
-    if not reading_stdin and not Path(args.input).is_file():
-        print(f"aligner-chain correct: input file not found: {args.input}", file=sys.stderr)
-        return 1
-    if args.output != "-" and not reading_stdin and Path(args.output).resolve() == Path(args.input).resolve():
-        print("aligner-chain correct: --output must differ from the input file", file=sys.stderr)
-        return 1
-    try:
-        backend = make_backend(args)
-    except ValueError as err:
-        print(f"aligner-chain correct: {err}", file=sys.stderr)
-        return 2
-    show = sys.stderr.isatty() if args.progress is None else args.progress
-    if not show:
-        from aligner_chain.cli import quiet_progress
-
-        quiet_progress()
-    bar = tqdm(
-        total=None if reading_stdin else _count_rows(args.input),
-        unit="row",
-        desc="correcting",
-        file=sys.stderr,
-        disable=not show,
-        dynamic_ncols=True,
-    )
-    counts: Counter[str] = Counter()
-
-    def report(line_number: int, error: str) -> None:
-        counts["malformed"] += 1
-        bar.update(1)
-        message = f"aligner-chain correct: {source_name}, line {line_number}: {error}; row skipped"
-        tqdm.write(message, file=sys.stderr)
-
-    def report_line(bad: MalformedLine) -> None:
-        report(bad.line_number, bad.error)
-
-    source_name = "<stdin>" if reading_stdin else args.input
-    source: IO[str] | str = sys.stdin if reading_stdin else args.input
-    output: IO[str] | str = sys.stdout if args.output == "-" else args.output
-    with JsonlWriter(output, append=False) as writer, logging_redirect_tqdm() if show else nullcontext():
-        for batch in _batches(iter_jsonl(source, on_malformed=report_line), args.batch_size, report):
-            results = _correct(backend, [request for _, request in batch])
-            rows = [output_row(row, result) for (row, _), result in zip(batch, results, strict=True)]
-            writer.write_many(rows)
-            counts.update(row["status"] for row in rows)
-            bar.update(len(rows))
-    bar.close()
-    _summarise(counts)
-    return 0
-
-
-def _correct(backend: AlignerBackend, requests: Sequence[CorrectionRequest]) -> list[CorrectionResult]:
-    try:
-        results = backend.correct(requests)
-    except Exception as err:  # the whole batch failed (e.g. the model could not be loaded)
-        logger.warning("a batch of %d rows failed: %s: %s", len(requests), type(err).__name__, err)
-        detail = f"{type(err).__name__}: {err}"
-        return [CorrectionResult.failed("backend_error", detail) for _ in requests]
-    if len(results) != len(requests):
-        detail = f"the backend returned {len(results)} results for {len(requests)} rows"
-        return [CorrectionResult.failed("backend_error", detail) for _ in requests]
-    return results
-
-
-def _summarise(counts: Counter[str]) -> None:
-    total = sum(counts[status] for status in OUTPUT_STATUSES)
+def _summarise(state: _Run, output: ResumableOutput, seconds: float) -> int:
+    counts = state.counts
+    written = sum(counts[status] for status in OUTPUT_STATUSES)
     parts = ", ".join(f"{counts[status]} {status}" for status in OUTPUT_STATUSES)
-    malformed = counts["malformed"]
-    print(
-        f"aligner-chain correct: wrote {total} row(s) ({parts}); skipped {malformed} malformed row(s)",
-        file=sys.stderr,
-    )
+    rate = f"{written / seconds:.1f}" if seconds > 0 else "n/a"
+    message = f"aligner-chain correct: wrote {written} row(s) ({parts}) in {seconds:.1f} s ({rate} rows/s)"
+    kept = sum(output.kept.values())
+    if kept:
+        message += f"; kept {kept} finished row(s) from before"
+    if counts["invalid"]:
+        message += f"; left out {counts['invalid']} invalid input row(s) (see above)"
+    print(message, file=sys.stderr)
+    return 1 if counts["failed"] or counts["invalid"] else 0

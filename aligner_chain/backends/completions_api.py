@@ -17,6 +17,7 @@ from aligner_chain.errors import CorrectionFailed
 from aligner_chain.retry import TransientStatus, describe_error, is_transient_status
 
 __all__ = [
+    "TEXT_ONLY_HINT",
     "Payload",
     "StreamDecoder",
     "api_root",
@@ -28,10 +29,11 @@ __all__ = [
 ]
 
 # How servers say the prompt plus max_tokens does not fit the context (vLLM, SGLang, llama.cpp, TGI,
-# OpenAI): matched case-insensitively against the error message of a 400/413/422 response.
+# OpenAI, transformers serve): matched case-insensitively against the error message of a 400/413/422.
 _CONTEXT_ERROR = re.compile(
-    r"context[ _-]?(length|size|window)|maximum context|max_model_len|too long|too many tokens"
-    r"|must be <= \d+|exceeds? the (model'?s? )?(maximum|max|available)",
+    r"context[ _-]?(length|size|window)|maximum context|max_model_len|max-model-len|too long"
+    r"|too many tokens|must be <= \d+|exceeds? the (model'?s? )?(maximum|max|available)"
+    r"|the model takes at most \d+",
     re.IGNORECASE,
 )
 _CONTEXT_STATUS = frozenset({400, 413, 422})
@@ -57,6 +59,13 @@ _PROMPT_LENGTH = [
         r"input length (\d+) exceeds",
     )
 ]
+# How a server that takes text prompts only refuses token ids (transformers serve: "prompt must be a
+# string."): the request cannot work as sent, so the message says what to change.
+_TEXT_ONLY_ERROR = re.compile(r"prompt must be a string", re.IGNORECASE)
+TEXT_ONLY_HINT = (
+    "this server takes text prompts only, not token ids: leave out tokenizer= (--tokenizer) to send "
+    "text, or serve the Aligner with a server that accepts token ids (vLLM, SGLang)"
+)
 
 
 def error_message(body: bytes) -> str:
@@ -89,6 +98,8 @@ def context_numbers(message: str) -> tuple[int, int] | None:
 
 
 def error_result(status: int, message: str) -> CorrectionResult:
+    if status in _CONTEXT_STATUS and _TEXT_ONLY_ERROR.search(message):
+        return CorrectionResult.failed("server_error", f"HTTP {status}: {message} ({TEXT_ONLY_HINT})")
     if status in _CONTEXT_STATUS and _CONTEXT_ERROR.search(message):
         return CorrectionResult.skipped("too_long", message)
     return CorrectionResult.failed("server_error", f"HTTP {status}: {message}")

@@ -151,6 +151,23 @@ class OpenAIBackend(AlignerBackend):
         """The completions URL requests go to."""
         return self.base_url + "/completions"
 
+    def served_models(self) -> list[str]:
+        """The model names the server lists at ``GET {base_url}/models``.
+
+        Raises:
+            httpx.HTTPError: the server cannot be reached, or answers with an error status.
+        """
+        response = httpx.get(
+            self.base_url + "/models", headers=self._headers(), timeout=min(self.timeout, 30)
+        )
+        response.raise_for_status()
+        try:
+            data = response.json().get("data")
+        except (ValueError, AttributeError):  # not a model list: nothing listed
+            return []
+        models = data if isinstance(data, list) else []
+        return [str(m["id"]) for m in models if isinstance(m, dict) and "id" in m]
+
     # -- requests ---------------------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:

@@ -11,7 +11,8 @@ import pytest
 
 from aligner_chain import __version__, cli
 from aligner_chain.backends import CallableBackend, CorrectionRequest, CorrectionResult
-from aligner_chain.correct_command import _batches, _correct, output_row, parse_row
+from aligner_chain.correct_command import output_row, parse_row
+from aligner_chain.offline.corrections import correct_requests
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -28,6 +29,10 @@ def test_correct_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     flags = ["--output", "--model", "--adapter", "--template", "--batch-size", "--max-new-tokens"]
     flags += ["--base-url", "--tokenizer", "--device", "--dtype", "--trust-remote-code", "--progress"]
+    for flag in flags:
+        assert flag in out
+    flags += ["--concurrency", "--resume", "--overwrite", "--output-prefix", "--engine", "--ray-address"]
+    flags += ["--replicas", "--gpus-per-replica", "--cpus-per-replica"]
     for flag in flags:
         assert flag in out
     assert "ALIGNER_MODEL" in out and "malformed" in out
@@ -55,7 +60,8 @@ def test_missing_extra_keeps_help_working_and_says_what_to_install(
 def test_command_modules_keep_imports_light() -> None:
     code = (
         "import sys; from aligner_chain.cli import build_parser; build_parser(); "
-        "print(sorted(m for m in ('torch', 'transformers', 'httpx', 'trl', 'datasets') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'transformers', 'httpx', 'trl', 'datasets', 'ray', 'pyarrow') "
+        "if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -88,27 +94,28 @@ def test_output_row_statuses_keep_extra_keys() -> None:
     json.dumps(skipped)
 
 
-def test_batches_skip_malformed_rows_and_report_line_numbers() -> None:
-    lines = iter(
-        [(1, {"question": "a", "answer": "b"}), (2, {"question": "a"}), (4, {"question": "c", "answer": "d"})]
-    )
-    reports: list[tuple[int, str]] = []
-    batches = list(_batches(lines, 1, lambda n, err: reports.append((n, err))))
-    assert [[req for _, req in batch] for batch in batches] == [
-        [CorrectionRequest("a", "b")],
-        [CorrectionRequest("c", "d")],
-    ]
-    assert reports == [(2, '"answer" is missing')]
-
-
 def test_a_failing_batch_fails_its_rows_only() -> None:
     class Broken(CallableBackend):
         def correct(self, requests: Sequence[CorrectionRequest]) -> list[CorrectionResult]:
             raise RuntimeError("model could not be loaded")
 
-    results = _correct(Broken(lambda q, a: a), [CorrectionRequest("Q", "A")] * 2)
+    results = correct_requests(Broken(lambda q, a: a), [CorrectionRequest("Q", "A")] * 2)
     assert [(r.status, r.reason) for r in results] == [("failed", "backend_error")] * 2
     assert "model could not be loaded" in (results[0].detail or "")
-    assert _correct(CallableBackend(lambda q, a: a.upper()), [CorrectionRequest("Q", "a")]) == [
+    assert correct_requests(CallableBackend(lambda q, a: a.upper()), [CorrectionRequest("Q", "a")]) == [
         CorrectionResult.ok("A")
     ]
+
+
+def test_empty_answers_are_skipped_without_a_model_call() -> None:
+    seen: list[str] = []
+    backend = CallableBackend(lambda q, a: seen.append(a) or a.upper())
+    requests = [CorrectionRequest("Q", a) for a in ("a", "", " \n\t", "b")]
+    results = correct_requests(backend, requests)
+    assert [(r.status, r.reason, r.text) for r in results] == [
+        ("ok", None, "A"),
+        ("skipped", "empty", None),
+        ("skipped", "empty", None),
+        ("ok", None, "B"),
+    ]
+    assert seen == ["a", "b"]

@@ -585,8 +585,25 @@ aligner = aligner_chain.AlignerRunnable(backend=backend)
 (llm | aligner).invoke("q")
 aligner_chain.with_aligner(llm, aligner).invoke("q")
 aligner_chain.ChatAligner(backend=backend).invoke([("human", "q"), ("ai", "a")])
-heavy = {"training", "trl", "datasets", "langchain", "torch", "transformers", "peft", "accelerate"}
+heavy = {"training", "trl", "datasets", "langchain", "torch", "transformers", "peft", "accelerate", "ray"}
 print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_local_and_remote_correction_never_import_ray() -> None:
+    code = """
+import sys
+from aligner_chain import AlignerRunnable, CallableBackend, CorrectionRequest
+from aligner_chain.backends.factory import build_backend
+from aligner_chain.correct_command import run
+from aligner_chain.offline.engine import correct_in_order
+build_backend("some/model", device="cpu")
+build_backend("served", base_url="http://127.0.0.1:9/v1")
+AlignerRunnable(backend=CallableBackend(lambda q, a: a)).invoke("answer")
+list(correct_in_order(CallableBackend(lambda q, a: a), ["x"], lambda a: CorrectionRequest("q", a)))
+print(sorted(m for m in sys.modules if m.split(".")[0] in {"ray", "pyarrow", "pandas"}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
