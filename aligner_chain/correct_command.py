@@ -364,10 +364,7 @@ def _correct_on_ray(state: _Run, options: dict[str, Any], ray_options: Any) -> N
             yield item.position, item.request, json.dumps(item.row, ensure_ascii=False)
 
     model = options.pop("model")
-    staging = None if state.args.output == "-" else Path(state.args.output).resolve().parent
-    for group in iter_corrections(
-        staged(), model, options=ray_options, backend_options=options, staging_dir=staging
-    ):
+    for group in iter_corrections(staged(), model, options=ray_options, backend_options=options):
         state.write(
             [
                 (row_id, output_row(json.loads(payload or "{}"), result, state.fields))

@@ -6,8 +6,8 @@
   (:func:`~aligner_chain.backends.factory.build_backend`): a local model (on a GPU with
   ``gpus_per_replica``) or an OpenAI-compatible server (``base_url=``).
 * :func:`iter_corrections`: what ``aligner-chain correct --engine ray`` and the bootstrap's
-  correction step run: requests keyed by row id are staged as Parquet, read by Ray, corrected, and
-  handed back in input order, every row id checked to come back exactly once.
+  correction step run: requests keyed by row id go into Ray's object store, are corrected, and come
+  back in input order, every row id checked to come back exactly once.
 
 Fault tolerance is Ray's: a replica that dies (a killed process, a lost node) is restarted and its
 batch is run again, and ordered execution plus the row ids make sure no row is lost or written twice.
@@ -20,16 +20,14 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
+from ray.util.debug import log_once
 
 from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
 from aligner_chain.backends.factory import build_backend
@@ -44,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 ROW_ID = "row_id"
 PAYLOAD = "payload"
-_STAGING_ROWS = 4096  # rows per staged Parquet file (rounded up to whole blocks)
+_STAGED_ROWS = 4096  # rows per table put in the object store (rounded up to whole blocks)
 _ROOT_CAUSE = re.compile(r"AlignerUnavailable: (.+)")
 
 
@@ -59,6 +57,9 @@ class AlignerReplica:
         answer_column: str,
         fields: OutputFields,
     ) -> None:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # one bar per replica would only clutter the log
         self.backend = build_backend(**backend_options)
         check_aligner(self.backend)  # a model that cannot load fails the job now, not row by row
         self.question_column, self.answer_column, self.fields = question_column, answer_column, fields
@@ -139,7 +140,9 @@ def correct_dataset(
     ``execution_options.preserve_order = True`` (:func:`iter_corrections` sets it).
 
     Raises:
-        TypeError: an unknown backend option. ValueError: a bad value.
+        TypeError: an unknown backend option.
+        ValueError: a bad value, or a column the results would overwrite (when the schema is
+            known up front; else the job fails with the same message).
     """
     layout = RayOptions(
         replicas=replicas,
@@ -151,6 +154,10 @@ def correct_dataset(
     fields = OutputFields.with_prefix(output_prefix)
     if rows_per_block is not None and rows_per_block < 1:
         raise ValueError(f"rows_per_block must be >= 1, got {rows_per_block}")
+    known = dataset.columns(fetch_if_missing=False)  # checked here when known, else in each replica
+    clashes = fields.clashes(known or ())
+    if clashes:
+        raise ValueError(fields.clash_message(clashes, flag="output_prefix="))
     return dataset.repartition(target_num_rows_per_block=rows_per_block or 4 * batch_size).map_batches(
         AlignerReplica,
         fn_constructor_kwargs={
@@ -234,9 +241,11 @@ def _ordered_execution() -> Iterator[None]:
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # the caller shows its own progress
     context.print_on_execution_start = False
-    ray_data_logger = logging.getLogger("ray.data")
-    level = ray_data_logger.level
-    ray_data_logger.setLevel(max(level, logging.WARNING))
+    # Ray Data says once per process that its bars are off; the caller shows its own progress.
+    log_once("ray_data_progress_manager_disabled")
+    data_logger = logging.getLogger("ray.data")  # "execution finished in ..." lines
+    level = data_logger.level
+    data_logger.setLevel(max(level, logging.WARNING))
     try:
         yield
     finally:
@@ -245,13 +254,16 @@ def _ordered_execution() -> Iterator[None]:
             context.enable_progress_bars,
             context.print_on_execution_start,
         ) = saved
-        ray_data_logger.setLevel(level)
+        data_logger.setLevel(level)
 
 
 def _stage(
-    pending: Iterable[tuple[int, CorrectionRequest, str | None]], directory: Path, rows_per_file: int
-) -> list[int]:
-    """Write the requests as Parquet files (in order, named so they sort); return their row ids."""
+    pending: Iterable[tuple[int, CorrectionRequest, str | None]], rows_per_table: int
+) -> tuple[list[Any], list[int]]:
+    """Put the requests into the object store as Arrow tables, in order; return the table refs and
+    the row ids. Ray spills them to disk when the object store is full, so the driver holds one
+    table at a time whatever the input's size."""
+    refs: list[Any] = []
     ids: list[int] = []
     chunk: list[tuple[int, CorrectionRequest, str | None]] = []
 
@@ -264,7 +276,7 @@ def _stage(
                 PAYLOAD: pa.array([p for _, _, p in chunk], type=pa.string()),
             }
         )
-        pq.write_table(table, directory / f"part-{len(ids) // rows_per_file:08d}.parquet")
+        refs.append(ray.put(table))
         ids.extend(i for i, _, _ in chunk)
         chunk.clear()
 
@@ -274,11 +286,11 @@ def _stage(
             raise ValueError(f"row ids must increase; {row_id} came after {last}")
         last = row_id
         chunk.append((row_id, request, payload))
-        if len(chunk) == rows_per_file:
+        if len(chunk) == rows_per_table:
             flush()
     if chunk:
         flush()
-    return ids
+    return refs, ids
 
 
 def iter_corrections(
@@ -287,58 +299,57 @@ def iter_corrections(
     *,
     options: RayOptions,
     backend_options: Mapping[str, Any] | None = None,
-    staging_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[list[tuple[int, CorrectionResult, str | None]]]:
     """Correct ``(row_id, request, payload)`` triples (row ids increasing) on Ray; yield
     ``(row_id, result, payload)`` groups in input order as Ray hands them back. ``payload`` is any
     text that travels with the row (``aligner-chain correct`` sends the row itself, so the driver
-    holds no rows in memory). The requests are staged as Parquet in a temporary folder under
-    ``staging_dir`` (default: the system's), removed at the end.
+    holds no rows in memory).
+
+    The rows go to Ray through its object store (no shared storage needed on a cluster); Ray starts
+    once every row is staged.
 
     Raises:
         AlignerUnavailable: a replica could not load or reach the Aligner.
+        ValueError: a layout the cluster cannot run (not enough CPUs or GPUs).
         RuntimeError: a row id came back twice, out of order, or not at all (never expected: Ray
             retries the batches of a replica that died).
     """
-    blocks = 4 * options.batch_size
-    with tempfile.TemporaryDirectory(prefix="aligner-chain-staging-", dir=staging_dir) as tmp:
-        staged = Path(tmp)
-        ids = _stage(pending, staged, blocks * math.ceil(_STAGING_ROWS / blocks))
+    block = 4 * options.batch_size
+    with ray_session(options), _ordered_execution():
+        _check_room(options)
+        refs, ids = _stage(pending, block * math.ceil(_STAGED_ROWS / block))
         if not ids:
             return
-        with ray_session(options), _ordered_execution():
-            _check_room(options)
-            source = ray.data.read_parquet("local://" + str(staged.resolve()))
-            corrected = correct_dataset(
-                source,
-                model,
-                replicas=options.replicas,
-                gpus_per_replica=options.gpus_per_replica,
-                cpus_per_replica=options.cpus_per_replica,
-                batch_size=options.batch_size,
-                rows_per_block=blocks,
-                **dict(backend_options or {}),
-            )
-            fields = OutputFields()
-            expected = iter(ids)
-            try:
-                for batch in corrected.select_columns([ROW_ID, PAYLOAD, *fields.names]).iter_batches(
-                    batch_size=None, batch_format="pyarrow"
-                ):
-                    group = []
-                    assert isinstance(batch, pa.Table)
-                    for row in batch.to_pylist():
-                        _check_id(row[ROW_ID], next(expected, None))
-                        group.append((int(row[ROW_ID]), result_of_row(row, fields), row[PAYLOAD]))
-                    yield group
-            except ray.exceptions.RayError as err:
-                cause = _ROOT_CAUSE.search(str(err))
-                if cause:
-                    raise AlignerUnavailable(cause.group(1).strip()) from err
-                raise
-            missing = next(expected, None)
-            if missing is not None:
-                raise RuntimeError(f"row {missing} did not come back from Ray")
+        corrected = correct_dataset(
+            ray.data.from_arrow_refs(refs),
+            model,
+            replicas=options.replicas,
+            gpus_per_replica=options.gpus_per_replica,
+            cpus_per_replica=options.cpus_per_replica,
+            batch_size=options.batch_size,
+            rows_per_block=block,
+            **dict(backend_options or {}),
+        )
+        fields = OutputFields()
+        expected = iter(ids)
+        try:
+            for batch in corrected.select_columns([ROW_ID, PAYLOAD, *fields.names]).iter_batches(
+                batch_size=None, batch_format="pyarrow"
+            ):
+                assert isinstance(batch, pa.Table)
+                group = []
+                for row in batch.to_pylist():
+                    _check_id(row[ROW_ID], next(expected, None))
+                    group.append((int(row[ROW_ID]), result_of_row(row, fields), row[PAYLOAD]))
+                yield group
+        except ray.exceptions.RayError as err:
+            cause = _ROOT_CAUSE.search(str(err))
+            if cause:
+                raise AlignerUnavailable(cause.group(1).strip()) from err
+            raise
+        missing = next(expected, None)
+        if missing is not None:
+            raise RuntimeError(f"row {missing} did not come back from Ray")
 
 
 def _check_id(got: Any, expected: int | None) -> None:

@@ -88,7 +88,9 @@ def test_correct_with_a_local_model(
 ) -> None:
     source, output = write_input(tmp_path / "in.jsonl"), tmp_path / "out" / "corrected.jsonl"
     flags = ["--model", str(aligner_dir), "--batch-size", "2", "--max-new-tokens", "24", "--device", "cpu"]
-    assert main(["correct", str(source), "--output", str(output), *flags, "--no-progress"]) == 1  # rows left out
+    assert (
+        main(["correct", str(source), "--output", str(output), *flags, "--no-progress"]) == 1
+    )  # rows left out
     check_output(read_rows(output), capsys.readouterr().err)
     clean = valid_input(tmp_path / "clean.jsonl")
     assert main(["correct", str(clean), "--output", str(tmp_path / "clean-out.jsonl"), *flags]) == 0

@@ -9,6 +9,7 @@ sends SIGTERM and kills the whole process group if it does not exit in time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -109,7 +110,9 @@ class TransformersServe:
                 except httpx.TransportError:
                     pass
             time.sleep(0.1)
-        raise TimeoutError(f"transformers serve was not ready in {self.startup_timeout} s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"transformers serve was not ready in {self.startup_timeout} s:\n{self.log_tail()}"
+        )
 
     def stop(self, grace: float = 20.0) -> None:
         process, self._process = self._process, None
@@ -117,15 +120,11 @@ class TransformersServe:
             return
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         # The model runs in a child process of the server: make sure the whole group is gone.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait()
 
     def __enter__(self) -> TransformersServe:

@@ -34,7 +34,11 @@ def test_results_come_back_in_input_order_with_calls_in_flight() -> None:
     items = [f"answer {i}" for i in range(200)]
     groups = list(
         correct_in_order(
-            CallableBackend(slow_upper), iter(items), lambda a: CorrectionRequest("q", a), concurrency=6, chunk_size=3
+            CallableBackend(slow_upper),
+            iter(items),
+            lambda a: CorrectionRequest("q", a),
+            concurrency=6,
+            chunk_size=3,
         )
     )
     pairs = [pair for group in groups for pair in group]
@@ -47,11 +51,16 @@ def test_output_names_with_a_prefix_and_back() -> None:
     fields = OutputFields.with_prefix("aligner_")
     row = {"question": "Q", "answer": "A.", "status": "draft"}
     assert parse_row(row, fields) == CorrectionRequest("Q", "A.")
-    with pytest.raises(ValueError, match='already has "status".*--output-prefix'):
+    with pytest.raises(ValueError, match=r'already has "status".*--output-prefix'):
         parse_row(row)
     out = output_row(row, CorrectionResult.failed("truncated", "no EOS"), fields)
-    assert out == {**row, "aligner_correction": None, "aligner_status": "failed", "aligner_reason": "truncated",
-                   "aligner_detail": "no EOS"}  # fmt: skip
+    assert out == {
+        **row,
+        "aligner_correction": None,
+        "aligner_status": "failed",
+        "aligner_reason": "truncated",
+        "aligner_detail": "no EOS",
+    }
     assert result_of_row(out, fields) == CorrectionResult.failed("truncated", "no EOS")
     ok = output_row(row, CorrectionResult.ok("B."), fields)
     assert output_row(row, result_of_row(ok, fields), fields) == ok
