@@ -312,8 +312,10 @@ def run(args: argparse.Namespace) -> int:
     except OutputConflict as err:
         print(f"aligner-chain correct: {err}", file=sys.stderr)
         return 2
-    except ImportError as err:
-        print(f"aligner-chain correct: {RAY_EXTRA_HINT} ({err})", file=sys.stderr)
+    except ModuleNotFoundError as err:
+        if ray_options is None or err.name not in ("ray", "pyarrow"):
+            raise
+        print(f"aligner-chain correct: {RAY_EXTRA_HINT}", file=sys.stderr)
         return 1
     except (ValueError, RuntimeError) as err:  # a Ray layout that cannot run, rows lost by Ray
         print(f"aligner-chain correct: {err}", file=sys.stderr)

@@ -6,8 +6,23 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["RAY_EXTRA_HINT", "RayOptions", "add_ray_arguments", "ray_options_from_args"]
+__all__ = ["RAY_EXTRA_HINT", "RayOptions", "add_ray_arguments", "ray_options_from_args", "replica_options"]
+
+_REPLICA_OPTIONS = (
+    "model",
+    "adapter",
+    "template",
+    "max_new_tokens",
+    "base_url",
+    "api_key",
+    "device",
+    "dtype",
+    "trust_remote_code",
+    "revision",
+    "generation_kwargs",
+)
 
 RAY_EXTRA_HINT = 'the Ray engine needs Ray Data: pip install "aligner-chain[ray]"'
 
@@ -130,3 +145,21 @@ def ray_options_from_args(args: argparse.Namespace, *, batch_size: int) -> RayOp
         cpus_per_replica=args.cpus_per_replica,
         batch_size=batch_size,
     )
+
+
+def replica_options(aligner: Any) -> dict[str, Any]:
+    """The backend options a Ray replica builds ``aligner`` from (an ``AlignerRunnable``'s or
+    ``ChatAligner``'s model options).
+
+    Raises:
+        TypeError: an aligner without model options (a ready backend or another runnable): a Ray
+            replica builds its own Aligner and cannot be handed one.
+    """
+    from aligner_chain.options import AlignerOptions
+
+    if not isinstance(aligner, AlignerOptions) or aligner.backend is not None:
+        raise TypeError(
+            "the Ray engine builds the Aligner in each replica from its model options: pass a model path "
+            "or an AlignerRunnable(model=..., base_url=...), not a ready backend or another runnable"
+        )
+    return {name: getattr(aligner, name) for name in _REPLICA_OPTIONS}

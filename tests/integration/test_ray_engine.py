@@ -197,3 +197,78 @@ def test_a_replica_that_cannot_load_stops_the_job(ray_local, tmp_path: Path, cap
     assert "the Aligner could not be loaded" in err and "--resume" in err
     assert main([*args, *MODEL_FLAGS, "--engine", "ray", "--replicas", "2"]) == 2  # 2 x 1 CPU + reads > 2
     assert "--cpus-per-replica 0.5" in capsys.readouterr().err
+
+
+def _done(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "done.jsonl").read_text().splitlines()]
+    return sorted(rows, key=lambda r: r["key"])
+
+
+def test_bootstrap_correction_step_on_ray_equals_the_local_one(
+    ray_local, aligner_dir: Path, tmp_path: Path
+) -> None:
+    from langchain_core.runnables import RunnableLambda
+
+    from aligner_chain.offline.ray_options import RayOptions
+    from aligner_chain.runnable import AlignerRunnable
+    from training.bootstrap.collect import PREFERENCES_FILE, collect_preferences
+
+    answers = {f"{q} ({i})": a for i in range(6) for q, a, _ in ROWS}
+    questions = [*answers, "   "]
+    upstream = RunnableLambda(lambda question: answers[question])
+    aligner = AlignerRunnable(str(aligner_dir), max_new_tokens=24, device="cpu")
+    local = collect_preferences(questions, upstream, aligner, tmp_path / "local", progress=False)
+    layout = RayOptions(replicas=2, cpus_per_replica=0.5, batch_size=4)
+    on_ray = collect_preferences(questions, upstream, aligner, tmp_path / "ray", progress=False, ray=layout)
+    assert _done(tmp_path / "ray") == _done(tmp_path / "local")
+    assert {k: on_ray[k] for k in ("written", "unchanged", "skipped", "failed")} == {
+        k: local[k] for k in ("written", "unchanged", "skipped", "failed")
+    }
+    assert local["written"] >= 6 and local["skipped"] == 1
+    ray_rows = sorted((tmp_path / "ray" / PREFERENCES_FILE).read_text().splitlines())
+    assert ray_rows == sorted((tmp_path / "local" / PREFERENCES_FILE).read_text().splitlines())
+    with pytest.raises(TypeError, match="not a ready backend"):
+        collect_preferences(
+            questions, upstream, AlignerRunnable(backend=aligner.get_backend()), tmp_path / "x", ray=layout
+        )
+
+
+def test_bootstrap_cli_on_ray_through_a_server(
+    ray_local, aligner_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`aligner-chain bootstrap --engine ray --aligner-base-url`: one SFT round whose corrections
+    come from Ray replicas calling a completions server; they equal the local Aligner's."""
+    from aligner_chain.backends.base import CorrectionRequest
+    from aligner_chain.backends.transformers import TransformersBackend
+    from aligner_chain.offline.corrections import correct_requests
+    from training.bootstrap.collect import _outcome
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"question": f"{q} ({i})"}) + "\n" for i in range(4) for q, _, _ in ROWS)
+    )
+    out = tmp_path / "boot"
+    with CompletionsServer(model_dir=aligner_dir) as server:
+        argv = [
+            "bootstrap",
+            "--prompts",
+            str(prompts),
+            "--upstream",
+            str(tiny_model_dir),
+            "--aligner",
+            "tiny",
+        ]
+        argv += ["--aligner-base-url", server.base_url, "--output-dir", str(out), "--max-new-tokens", "6"]
+        argv += ["--aligner-max-new-tokens", "24", "--max-steps", "1", "--batch-size", "4", "--device", "cpu"]
+        assert main([*argv, *RAY_FLAGS, "--no-progress"]) == 0
+        assert len(server.payloads) == 12  # every answer went through the server
+    done = _done(out / "round-1")
+    assert (
+        len(done) == 12
+        and json.loads((out / "round-1" / "manifest.json").read_text())["status"] == "complete"
+    )
+    backend = TransformersBackend(aligner_dir, max_new_tokens=24, device="cpu", template="aligner-v1")
+    results = correct_requests(backend, [CorrectionRequest(r["question"], r["original"]) for r in done])
+    assert [(r["status"], r.get("correction")) for r in done] == [
+        _outcome(r["original"], result)[:2] for r, result in zip(done, results, strict=True)
+    ]

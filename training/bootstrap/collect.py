@@ -25,8 +25,9 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import Runnable
 
-from aligner_chain.backends.base import CorrectionResult, Outcome, classify
+from aligner_chain.backends.base import CorrectionRequest, CorrectionResult, Outcome, classify
 from aligner_chain.jsonl import write_jsonl
+from aligner_chain.offline.ray_options import RayOptions
 from aligner_chain.retry import is_transient_error
 from training.common.concurrency import call_with_retries, map_as_completed
 from training.common.records import read_records
@@ -136,7 +137,9 @@ def _outcome(answer: str, output: Any) -> tuple[str, str | None, str | None]:
     when it changed the answer, else the outcome's status. A report of no correction (skipped,
     failed, unchanged) is taken as it is; any text is classified by the one rule (:func:`classify`)."""
     meta = output.response_metadata.get("aligner") if isinstance(output, BaseMessage) else None
-    if meta and meta.get("status") in ("skipped", "failed", "unchanged"):
+    if isinstance(output, CorrectionResult):  # from the Ray engine
+        outcome = classify(answer, output)
+    elif meta and meta.get("status") in ("skipped", "failed", "unchanged"):
         outcome = Outcome(meta["status"], answer, meta.get("reason"), meta.get("detail"))
     elif isinstance(output, (BaseMessage, str)):
         outcome = classify(answer, CorrectionResult.ok(answer_text(output)))
@@ -163,6 +166,7 @@ def collect_preferences(
     chunk_size: int = 64,
     make_input: Callable[[str], Any] | None = None,
     progress: bool = True,
+    ray: RayOptions | None = None,
 ) -> dict[str, Any]:
     """Answer ``prompts`` with ``upstream``, correct with ``aligner``, write the preference data.
 
@@ -180,6 +184,11 @@ def collect_preferences(
         on_upstream_error: a non-transient upstream error stops the run (``"raise"``, after saving
             what finished) or is counted and skipped (``"skip"``).
         chunk_size: prompts answered before each Aligner batch.
+        ray: correct on Ray Data instead (:mod:`aligner_chain.offline.ray_data`): every prompt is
+            answered first, then all answers are corrected in one Ray job with ``ray.replicas``
+            Aligner replicas built from ``aligner``'s model options (a model path or an
+            ``AlignerRunnable`` with ``model``/``base_url``; not a ready backend). Outcomes are
+            recorded as they come back, so an interrupted job resumes the same way.
 
     Returns:
         Counts for this call: ``total`` prompts, ``done_before`` (done in earlier runs), ``written``,
@@ -226,30 +235,34 @@ def collect_preferences(
         answers_log.append({"key": item[0], "question": item[1], "answer": answer})
         return answer
 
-    fatal: BaseException | None = None
+    def answer_chunk(chunk: list[tuple[str, str]]) -> None:
+        counts["answers_reused"] += sum(1 for k, _ in chunk if k in answers)
+        stop, fatal = threading.Event(), None
+        to_ask = [(k, q) for k, q in chunk if k not in answers and q.strip()]
+        for (key, question), answer, error in map_as_completed(
+            ask, to_ask, max_concurrency=max_concurrency, stop=stop
+        ):
+            if error is None and answer is not None:
+                answers[key] = answer  # already in answers.jsonl (see ask)
+            elif is_transient_error(error, retry_on) or on_upstream_error == "skip":  # type: ignore[arg-type]
+                logger.warning("upstream failed for %r after retries: %r", question[:80], error)
+                counts["upstream_errors"] += 1
+                bar.update(1)
+            elif fatal is None:
+                fatal = error
+                stop.set()
+        if fatal is not None:
+            raise fatal
+
+    logs = (done_log, prefs_log, sft_log)
     try:
-        for offset in range(0, len(pending), chunk_size):
-            chunk = pending[offset : offset + chunk_size]
-            counts["answers_reused"] += sum(1 for k, _ in chunk if k in answers)
-            stop = threading.Event()
-            to_ask = [(k, q) for k, q in chunk if k not in answers and q.strip()]
-            for (key, question), answer, error in map_as_completed(
-                ask, to_ask, max_concurrency=max_concurrency, stop=stop
-            ):
-                if error is None and answer is not None:
-                    answers[key] = answer  # already in answers.jsonl (see ask)
-                elif is_transient_error(error, retry_on) or on_upstream_error == "skip":  # type: ignore[arg-type]
-                    logger.warning("upstream failed for %r after retries: %r", question[:80], error)
-                    counts["upstream_errors"] += 1
-                    bar.update(1)
-                elif fatal is None:
-                    fatal = error
-                    stop.set()
-            if fatal is not None:
-                raise fatal
-            _correct_chunk(
-                chunk, answers, runnable, max_concurrency, done_log, prefs_log, sft_log, counts, bar
-            )
+        chunks = [pending[offset : offset + chunk_size] for offset in range(0, len(pending), chunk_size)]
+        for chunk in chunks:
+            answer_chunk(chunk)
+            if ray is None:
+                _correct_chunk(chunk, answers, runnable, max_concurrency, logs, counts, bar)
+        if ray is not None:
+            _correct_on_ray(pending, answers, runnable, ray, logs, counts, bar)
     finally:
         bar.close()
         summary = {
@@ -268,18 +281,11 @@ def collect_preferences(
     return summary
 
 
-def _correct_chunk(
-    chunk: list[tuple[str, str]],
-    answers: dict[str, str],
-    aligner: Runnable[Any, Any],
-    max_concurrency: int,
-    done_log: JsonlLog,
-    prefs_log: JsonlLog,
-    sft_log: JsonlLog,
-    counts: Counter[str],
-    bar: Any,
-) -> None:
-    """Correct the chunk's answered prompts and record each outcome (done-log first)."""
+def _triage(
+    chunk: list[tuple[str, str]], answers: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+    """The chunk's records that need no Aligner (blank prompt or answer), and the
+    ``(key, question, answer)`` to correct; prompts the upstream failed on are left for next run."""
     records: list[dict[str, Any]] = []
     to_correct: list[tuple[str, str, str]] = []
     for key, question in chunk:
@@ -299,17 +305,24 @@ def _correct_chunk(
             )
         else:
             to_correct.append((key, question, answers[key]))
-    if to_correct:
-        inputs = [{"question": q, "answer": AIMessage(content=a)} for _, q, a in to_correct]
-        outputs = aligner.batch(inputs, config={"max_concurrency": max_concurrency})
-        for (key, question, answer), output in zip(to_correct, outputs, strict=True):
-            status, correction, reason = _outcome(answer, output)
-            record: dict[str, Any] = {"key": key, "status": status, "question": question, "original": answer}
-            if correction is not None:
-                record["correction"] = correction
-            if reason is not None:
-                record["reason"] = reason
-            records.append(record)
+    return records, to_correct
+
+
+def _record_of(key: str, question: str, answer: str, output: Any) -> dict[str, Any]:
+    status, correction, reason = _outcome(answer, output)
+    record: dict[str, Any] = {"key": key, "status": status, "question": question, "original": answer}
+    if correction is not None:
+        record["correction"] = correction
+    if reason is not None:
+        record["reason"] = reason
+    return record
+
+
+def _keep(
+    records: list[dict[str, Any]], logs: tuple[JsonlLog, JsonlLog, JsonlLog], counts: Counter[str], bar: Any
+) -> None:
+    """Record outcomes: the done-log first, then the preference and SFT rows of written ones."""
+    done_log, prefs_log, sft_log = logs
     for record in records:
         done_log.append(record)
         if record["status"] == "written":
@@ -318,6 +331,48 @@ def _correct_chunk(
             sft_log.append(sft)
         counts[record["status"]] += 1
         bar.update(1)
+
+
+def _correct_chunk(
+    chunk: list[tuple[str, str]],
+    answers: dict[str, str],
+    aligner: Runnable[Any, Any],
+    max_concurrency: int,
+    logs: tuple[JsonlLog, JsonlLog, JsonlLog],
+    counts: Counter[str],
+    bar: Any,
+) -> None:
+    """Correct the chunk's answered prompts and record each outcome."""
+    records, to_correct = _triage(chunk, answers)
+    if to_correct:
+        inputs = [{"question": q, "answer": AIMessage(content=a)} for _, q, a in to_correct]
+        outputs = aligner.batch(inputs, config={"max_concurrency": max_concurrency})
+        records += [_record_of(*item, output) for item, output in zip(to_correct, outputs, strict=True)]
+    _keep(records, logs, counts, bar)
+
+
+def _correct_on_ray(
+    pending: list[tuple[str, str]],
+    answers: dict[str, str],
+    aligner: Runnable[Any, Any],
+    ray: RayOptions,
+    logs: tuple[JsonlLog, JsonlLog, JsonlLog],
+    counts: Counter[str],
+    bar: Any,
+) -> None:
+    """Correct every answered prompt in one Ray job; record outcomes as they come back, in order."""
+    from aligner_chain.offline.ray_data import iter_corrections
+    from aligner_chain.offline.ray_options import replica_options
+
+    records, to_correct = _triage(pending, answers)
+    _keep(records, logs, counts, bar)
+    if not to_correct:
+        return
+    options = replica_options(aligner)
+    model = options.pop("model")
+    staged = ((i, CorrectionRequest(q, a), None) for i, (_, q, a) in enumerate(to_correct))
+    for group in iter_corrections(staged, model, options=ray, backend_options=options):
+        _keep([_record_of(*to_correct[i], result) for i, result, _ in group], logs, counts, bar)
 
 
 def _write_summary(out: Path, summary: Mapping[str, Any], done_log: JsonlLog) -> None:

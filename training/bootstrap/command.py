@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from aligner_chain.cli import quiet_progress
+from aligner_chain.offline.ray_options import RAY_EXTRA_HINT, add_ray_arguments, ray_options_from_args
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -33,7 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--question-column", default="question", help="column of the question (default: question)"
     )
     io.add_argument("--upstream", required=True, help="causal LM to bootstrap: hub id or local directory")
-    io.add_argument("--aligner", required=True, help="Aligner: hub id or local directory (model or adapter)")
+    io.add_argument(
+        "--aligner",
+        required=True,
+        help="Aligner: hub id or local directory (model or adapter); with --aligner-base-url, the name "
+        "the server serves it under",
+    )
+    io.add_argument(
+        "--aligner-base-url",
+        help="correct through an OpenAI-compatible completions server serving the Aligner (vLLM, "
+        "SGLang, transformers serve), e.g. http://localhost:8000/v1; API key from $ALIGNER_API_KEY",
+    )
     io.add_argument("--output-dir", required=True, help="where the rounds go (re-run to resume)")
     rounds = parser.add_argument_group("rounds")
     rounds.add_argument(
@@ -65,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Aligner correction length cap (default: 1024)",
     )
     gen.add_argument("--device", default="auto", help="device for the Aligner (default: auto)")
+    add_ray_arguments(
+        parser.add_argument_group("Ray Data (the correction step on a cluster)"), what="the correction step"
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--full", action="store_true", help="train all weights instead of a LoRA adapter")
     train.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
@@ -88,12 +102,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the rounds; 0 on success, 2 on bad arguments or data."""
+    """Run the rounds; 0 on success, 1 when the Aligner cannot be had, 2 on bad arguments or data."""
+    from aligner_chain.offline.corrections import AlignerUnavailable
+
     try:
         return _run(args)
     except ValueError as err:
         print(f"aligner-chain bootstrap: error: {err}", file=sys.stderr)
         return 2
+    except AlignerUnavailable as err:
+        print(
+            f"aligner-chain bootstrap: error: {err}; fix it and run again (finished work is kept)",
+            file=sys.stderr,
+        )
+        return 1
+    except ModuleNotFoundError as err:
+        if args.engine != "ray" or err.name not in ("ray", "pyarrow"):
+            raise
+        print(f"aligner-chain bootstrap: error: {RAY_EXTRA_HINT}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -104,8 +131,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    ray = ray_options_from_args(args, batch_size=8)
     aligner = AlignerRunnable(
-        model=args.aligner, max_new_tokens=args.aligner_max_new_tokens, device=args.device
+        model=args.aligner,
+        base_url=args.aligner_base_url,
+        max_new_tokens=args.aligner_max_new_tokens,
+        device=args.device,
     )
     train_options: dict[str, Any] = {
         "lora": not args.full,
@@ -136,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         train_options=train_options,
+        ray=ray,
     )
     print("| round | prompts | written | unchanged | failed | skipped | upstream errors | train loss |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")

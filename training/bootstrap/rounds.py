@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from aligner_chain.offline.ray_options import RayOptions
 from training.bootstrap.collect import (
     PREFERENCES_FILE,
     SFT_FILE,
@@ -109,6 +110,7 @@ def run_bootstrap(
     seed: int = 0,
     progress: bool = True,
     train_options: Mapping[str, Any] | None = None,
+    ray: RayOptions | None = None,
 ) -> dict[str, Any]:
     """Run ``rounds`` bootstrap rounds starting from the causal LM ``upstream_model``.
 
@@ -124,6 +126,7 @@ def run_bootstrap(
             mean log-probability margin (chosen - rejected) on them before and after the round.
         train_options: keyword options for :func:`training.bootstrap.upstream_trainer.train_upstream`
             (``lora``, ``epochs``, ``learning_rate``, ``batch_size``, ``max_steps``, ...).
+        ray: run each round's correction step on Ray Data (see :func:`collect_preferences`).
 
     Returns:
         ``{"rounds": [manifest, ...], "final_model": path}``; also written to
@@ -188,6 +191,7 @@ def run_bootstrap(
             max_concurrency=max_concurrency,
             retries=retries,
             progress=progress,
+            ray=ray,
         )
         collect_s = time.perf_counter() - started
         del upstream
