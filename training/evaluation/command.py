@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding the judge's API key (default: OPENAI_API_KEY; unset: none)",
     )
     judge.add_argument("--judge-temperature", type=float, default=0.0, help="judge temperature (default: 0)")
+    judge.add_argument(
+        "--judge-max-tokens", type=int, default=1024, help="longest judge reply in tokens (default: 1024)"
+    )
     judge.add_argument("--reward-model", help="directory or hub id of a sequence-classification reward model")
     judge.add_argument(
         "--margin",
@@ -120,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
             model=args.judge_model,
             api_key=SecretStr(key) if key else None,
             temperature=args.judge_temperature,
+            max_tokens=args.judge_max_tokens,
         )
         prompts = None
         if args.judge_prompts:
