@@ -105,3 +105,21 @@ def test_percentile_interpolates(bench):
     assert bench.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
     assert bench.percentile([1.0], 95) == 1.0
     assert bench.percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+
+
+@pytest.mark.slow
+def test_offline_benchmark_compares_engines_on_the_same_rows(ray_local, tiny_model_dir, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_offline", SCRIPT.parent / "bench_offline.py")
+    assert spec is not None and spec.loader is not None
+    bench_offline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_offline)
+    output = tmp_path / "offline.json"
+    argv = ["--model", str(tiny_model_dir), "--rows", "8", "--max-new-tokens", "2", "--batch-size", "2"]
+    argv += ["--replicas", "1", "--cpus-per-replica", "0.5", "--output", str(output)]
+    assert bench_offline.main(argv) == 0
+    report = json.loads(output.read_text())
+    assert report["machine"]["cpu_cores"] and report["settings"]["rows"] == 8
+    assert [run["engine"] for run in report["runs"]] == ["one-process", "ray-1"]
+    assert all(run["rows_per_s"] > 0 for run in report["runs"])
+    assert report["same_output_as_one_process"] == {"one-process": True, "ray-1": True}
+    assert "| ray-1 |" in capsys.readouterr().out
