@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", help="the Aligner (hub id or directory); default: a tiny random Llama built here"
     )
+    parser.add_argument(
+        "--hidden-size", type=int, default=64, help="hidden size of the built model (default 64)"
+    )
+    parser.add_argument("--layers", type=int, default=2, help="layers of the built model (default 2)")
     parser.add_argument("--device", default="cpu", help="device of every engine's model (default cpu)")
     parser.add_argument("--dtype", default="auto", help="model dtype (default auto)")
     parser.add_argument("--rows", type=int, default=256, help="rows to correct (default 256)")
@@ -92,11 +96,14 @@ def _rows(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def _build_tiny(directory: Path) -> Path:
+def _build_tiny(directory: Path, hidden_size: int, layers: int) -> Path:
     from training.demo.synthetic import make_synthetic_task
     from training.demo.tiny_model import build_tiny_model
 
-    return build_tiny_model(directory, make_synthetic_task().corpus())
+    heads = max(1, hidden_size // 16)
+    return build_tiny_model(
+        directory, make_synthetic_task().corpus(), hidden_size=hidden_size, num_layers=layers, num_heads=heads
+    )
 
 
 def _run_correct(argv: list[str]) -> tuple[float, int, str]:
@@ -115,7 +122,8 @@ def _run_correct(argv: list[str]) -> tuple[float, int, str]:
 def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import ray
 
-    model = args.model or str(_build_tiny(work / "tiny-model"))
+    machine = machine_info()  # the load average before the runs
+    model = args.model or str(_build_tiny(work / "tiny-model", args.hidden_size, args.layers))
     source = work / "rows.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in _rows(args.rows)), encoding="utf-8")
     common = ["--model", model, "--device", args.device, "--dtype", args.dtype, "--no-progress"]
@@ -143,7 +151,14 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     import torch
 
-    record("one-process", [], torch_threads=torch.get_num_threads())
+    default_threads = torch.get_num_threads()
+    record("one-process", [], torch_threads=default_threads)
+    if default_threads != 1:  # what each Ray replica with 1 CPU runs with (Ray sets OMP_NUM_THREADS)
+        torch.set_num_threads(1)
+        try:
+            record("one-process-1-thread", [], torch_threads=1)
+        finally:
+            torch.set_num_threads(default_threads)
     started = time.perf_counter()
     started_here = not ray.is_initialized()  # a running instance (a test's, a cluster's) is used as it is
     if started_here and args.ray_address:
@@ -166,10 +181,12 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     reference = outputs["one-process"]
     return {
         "benchmark": "offline correction rows/s: one process vs Ray Data replicas",
+        "note": "wall time includes model loads (and, for Ray, actor start-up) but not Ray's own start-up",
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine,
         "settings": {
-            "model": args.model or "tiny random Llama (hidden 64, 2 layers), built here",
+            "model": args.model
+            or f"random Llama (hidden {args.hidden_size}, {args.layers} layers), built here",
             "device": args.device,
             "dtype": args.dtype,
             "rows": args.rows,
@@ -182,6 +199,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "workload": "synthetic task held-out (question, flawed answer) pairs, cycled; greedy",
         },
         "ray_start_s": round(ray_start, 2),
+        "load_average_after": list(os.getloadavg()),
         "runs": runs,
         "same_output_as_one_process": {name: data == reference for name, data in outputs.items()},
     }

@@ -119,7 +119,9 @@ def test_offline_benchmark_compares_engines_on_the_same_rows(ray_local, tiny_mod
     assert bench_offline.main(argv) == 0
     report = json.loads(output.read_text())
     assert report["machine"]["cpu_cores"] and report["settings"]["rows"] == 8
-    assert [run["engine"] for run in report["runs"]] == ["one-process", "ray-1"]
+    assert [run["engine"] for run in report["runs"]][0] == "one-process" and report["runs"][-1][
+        "engine"
+    ] == "ray-1"
     assert all(run["rows_per_s"] > 0 for run in report["runs"])
-    assert report["same_output_as_one_process"] == {"one-process": True, "ray-1": True}
+    assert set(report["same_output_as_one_process"].values()) == {True}
     assert "| ray-1 |" in capsys.readouterr().out
