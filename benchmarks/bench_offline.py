@@ -13,7 +13,7 @@ start-up is reported on its own), so the Ray rows are what a job costs on a runn
 
 Without ``--model`` a tiny random Llama is built on the synthetic task's corpus (nothing is
 downloaded). The JSON report (machine, settings, figures) goes to ``--output``, by default under
-``benchmarks/results/local/``, which git ignores.
+``benchmarks/out/``, which git ignores.
 """
 
 from __future__ import annotations
@@ -31,17 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-for path in (REPO_ROOT, HERE):  # run as a script from a checkout
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without an install
+    sys.path.insert(0, str(REPO_ROOT))
 
-from bench_backend import machine_info, machine_slug  # noqa: E402
+from benchmarks.report import DEFAULT_OUTPUT_DIR, load_average, machine_info, write_report  # noqa: E402
 
 __all__ = ["main", "parse_args", "run_benchmark"]
-
-DEFAULT_RESULTS_DIR = HERE / "results" / "local"
 
 
 def _counts(text: str) -> list[int]:
@@ -81,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ray-address", help="an existing Ray cluster (default: a local instance started here)"
     )
     parser.add_argument(
-        "--output", help=f"the JSON report (default: {DEFAULT_RESULTS_DIR}/offline-<machine>-<time>.json)"
+        "--output", help=f"the JSON report (default: {DEFAULT_OUTPUT_DIR}/offline-<machine>-<time>.json)"
     )
     return parser.parse_args(argv)
 
@@ -199,7 +195,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "workload": "synthetic task held-out (question, flawed answer) pairs, cycled; greedy",
         },
         "ray_start_s": round(ray_start, 2),
-        "load_average_after": list(os.getloadavg()),
+        "load_average_after": load_average(),
         "runs": runs,
         "same_output_as_one_process": {name: data == reference for name, data in outputs.items()},
     }
@@ -226,17 +222,11 @@ def _table(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = dt.datetime.now(dt.timezone.utc)
     with tempfile.TemporaryDirectory(prefix="bench-offline-") as tmp:
         report = run_benchmark(args, Path(tmp))
     print(_table(report))
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    output = (
-        Path(args.output)
-        if args.output
-        else DEFAULT_RESULTS_DIR / f"offline-{machine_slug(report['machine'])}-{stamp}.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    output = write_report(report, Path(args.output) if args.output else None, "offline", started)
     print(f"report: {output}")
     return 0 if all(report["same_output_as_one_process"].values()) else 1
 

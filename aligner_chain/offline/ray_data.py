@@ -29,6 +29,7 @@ import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
 from ray.util.debug import log_once
 
+from aligner_chain.arguments import check_keywords
 from aligner_chain.backends.base import CorrectionRequest, CorrectionResult
 from aligner_chain.backends.factory import build_backend
 from aligner_chain.backends.openai import API_KEY_ENV
@@ -177,12 +178,8 @@ def correct_dataset(
 
 def _backend_options(model: str | None, given: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
     """The ``build_backend`` keyword arguments for every replica, checked here (on the driver)."""
-    parameters = inspect.signature(build_backend).parameters
-    unknown = sorted(set(given) - set(parameters))
-    if unknown:
-        raise TypeError(
-            f"unknown backend option(s) {unknown}; valid: {sorted(p for p in parameters if p != 'model')}"
-        )
+    valid = [name for name in inspect.signature(build_backend).parameters if name != "model"]
+    check_keywords("correct_dataset", given, valid)
     options = {"max_batch_size": batch_size, **given, "model": model}
     if options.get("base_url") and options.get("api_key") is None and os.environ.get(API_KEY_ENV):
         options["api_key"] = os.environ[API_KEY_ENV]  # replicas may run where this variable is unset

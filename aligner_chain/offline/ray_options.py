@@ -17,6 +17,8 @@ _REPLICA_OPTIONS = (
     "max_new_tokens",
     "base_url",
     "api_key",
+    "timeout",
+    "max_retries",
     "device",
     "dtype",
     "trust_remote_code",

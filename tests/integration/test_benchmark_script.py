@@ -119,9 +119,8 @@ def test_offline_benchmark_compares_engines_on_the_same_rows(ray_local, tiny_mod
     assert bench_offline.main(argv) == 0
     report = json.loads(output.read_text())
     assert report["machine"]["cpu_cores"] and report["settings"]["rows"] == 8
-    assert [run["engine"] for run in report["runs"]][0] == "one-process" and report["runs"][-1][
-        "engine"
-    ] == "ray-1"
+    engines = [run["engine"] for run in report["runs"]]
+    assert engines[0] == "one-process" and engines[-1] == "ray-1"
     assert all(run["rows_per_s"] > 0 for run in report["runs"])
     assert set(report["same_output_as_one_process"].values()) == {True}
     assert "| ray-1 |" in capsys.readouterr().out

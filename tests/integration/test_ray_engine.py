@@ -172,7 +172,9 @@ def test_correct_dataset_on_rows_read_by_ray(ray_local, aligner_dir: Path, tmp_p
             {"question": "Q?", "answer": None, "status": "x"},
         ]
     )
-    with pytest.raises(TypeError, match=r"unknown backend option.*max_new_token"):
+    with pytest.raises(
+        TypeError, match=r"unknown keyword argument 'max_new_token' \(did you mean 'max_new_tokens'"
+    ):
         correct_dataset(mixed, str(aligner_dir), max_new_token=3)
     with pytest.raises(ValueError, match=r'already has "status".*output_prefix='):
         correct_dataset(mixed, str(aligner_dir))
