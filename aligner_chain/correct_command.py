@@ -1,32 +1,27 @@
 """``aligner-chain correct``: correct the answers in a JSONL file (or stdin) with an Aligner.
 
-The command reads rows, plans each against the output (:class:`ResumableOutput`), has them
-corrected by an engine (this process: :func:`correct_in_order`; Ray Data:
-:func:`aligner_chain.offline.ray_data.iter_corrections`) and writes them in input order. Heavy
-libraries load only inside :func:`run`.
+The flags, the usage checks and the exit statuses; the job itself (rows planned against a resumable
+output, an engine, the counts) is :class:`aligner_chain.offline.job.CorrectJob`. Heavy libraries
+load only inside :func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from collections import Counter
-from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from aligner_chain.backends.base import CorrectionRequest
-from aligner_chain.backends.factory import DEFAULT_MODEL, MODEL_ENV, build_backend, check_backend_options
-from aligner_chain.jsonl import MalformedLine, iter_jsonl
+from aligner_chain.backends.factory import DEFAULT_MODEL, MODEL_ENV, check_backend_options
+from aligner_chain.offline.job import CorrectJob
 from aligner_chain.offline.output import OutputConflict, ResumableOutput
 from aligner_chain.offline.ray_options import RAY_EXTRA_HINT, add_ray_arguments, ray_options_from_args
-from aligner_chain.offline.rows import OUTPUT_STATUSES, OutputFields, output_row, parse_row
+from aligner_chain.offline.rows import OutputFields, output_row, parse_row
 
 __all__ = ["HELP", "add_arguments", "backend_options", "output_row", "parse_row", "run"]
+
+PREFIX = "aligner-chain correct"
 
 HELP = """Correct the answers in a JSONL file with an Aligner.
 
@@ -207,63 +202,6 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class _Pending:
-    """A valid input row to correct: its position among the valid rows, the row, the request."""
-
-    position: int
-    row: dict[str, Any]
-    request: CorrectionRequest
-
-
-class _Run:
-    """One run's input, output and counts (the engines only see :class:`_Pending` rows)."""
-
-    def __init__(self, args: argparse.Namespace, output: ResumableOutput, bar: Any) -> None:
-        self.args, self.output, self.bar = args, output, bar
-        self.fields = output.fields
-        self.source_name = "<stdin>" if args.input == "-" else args.input
-        self.counts: Counter[str] = Counter()
-        self.valid_rows = 0
-        self.started = time.perf_counter()
-
-    def start_clock(self) -> None:
-        """Rows/s count from here (after the model is loaded)."""
-        self.started = time.perf_counter()
-        self.bar.reset(total=self.bar.total)
-
-    def pending(self) -> Iterator[_Pending]:
-        """The rows to correct, in order; invalid rows are reported, finished ones counted."""
-        source: IO[str] | str = sys.stdin if self.args.input == "-" else self.args.input
-        for line_number, value in iter_jsonl(source, on_malformed=self._report_line):
-            try:
-                request = parse_row(value, self.fields)
-            except ValueError as err:
-                self._report(line_number, str(err))
-                continue
-            position, self.valid_rows = self.valid_rows, self.valid_rows + 1
-            if self.output.plan(position, value, where=f"line {line_number}") == "keep":
-                self.bar.update(1)
-                continue
-            yield _Pending(position, value, request)
-
-    def _report_line(self, bad: MalformedLine) -> None:
-        self._report(bad.line_number, bad.error)
-
-    def _report(self, line_number: int, error: str) -> None:
-        from tqdm import tqdm
-
-        self.counts["invalid"] += 1
-        self.bar.update(1)
-        message = f"aligner-chain correct: {self.source_name}, line {line_number}: {error}; row left out"
-        tqdm.write(message, file=sys.stderr)
-
-    def write(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
-        self.output.write(rows)
-        self.counts.update(row[self.fields.status] for _, row in rows)
-        self.bar.update(len(rows))
-
-
 def run(args: argparse.Namespace) -> int:
     """Correct every row; 0 when every row was handled, 1 when one failed or was left out or the
     Aligner could not be had, 2 for usage errors."""
@@ -274,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     problem = _usage_problem(args)
     if problem:
-        print(f"aligner-chain correct: {problem}", file=sys.stderr)
+        print(f"{PREFIX}: {problem}", file=sys.stderr)
         return 1 if problem.startswith("input file not found") else 2
     try:
         options = backend_options(args)
@@ -287,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except (ValueError, OSError) as err:  # OutputConflict is a ValueError
-        print(f"aligner-chain correct: {err}", file=sys.stderr)
+        print(f"{PREFIX}: {err}", file=sys.stderr)
         return 2
     show = sys.stderr.isatty() if args.progress is None else args.progress
     if not show:
@@ -298,32 +236,36 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(
         total=total, unit=" rows", desc="correcting", file=sys.stderr, disable=not show, dynamic_ncols=True
     )
-    state = _Run(args, output, bar)
+    job = CorrectJob(sys.stdin if args.input == "-" else args.input, output, bar, prefix=PREFIX)
     try:
         with logging_redirect_tqdm() if show else nullcontext():
             if ray_options is None:
-                _correct_here(state, options)
+                remote = bool(args.base_url)
+                concurrency = args.concurrency or (8 if remote else 1)
+                job.run_here(options, concurrency=concurrency, chunk_size=1 if remote else args.batch_size)
             else:
-                _correct_on_ray(state, options, ray_options)
-            output.finish(state.valid_rows)
+                job.run_on_ray(options, ray_options)
+            job.finish()
     except AlignerUnavailable as err:
-        print(f"aligner-chain correct: {err}; fix it and run again with --resume", file=sys.stderr)
+        print(f"{PREFIX}: {err}; fix it and run again with --resume", file=sys.stderr)
         return 1
     except OutputConflict as err:
-        print(f"aligner-chain correct: {err}", file=sys.stderr)
+        print(f"{PREFIX}: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
         if ray_options is None or err.name not in ("ray", "pyarrow"):
             raise
-        print(f"aligner-chain correct: {RAY_EXTRA_HINT}", file=sys.stderr)
+        print(f"{PREFIX}: {RAY_EXTRA_HINT}", file=sys.stderr)
         return 1
     except (ValueError, RuntimeError) as err:  # a Ray layout that cannot run, rows lost by Ray
-        print(f"aligner-chain correct: {err}", file=sys.stderr)
+        print(f"{PREFIX}: {err}", file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1
     finally:
         output.close()
         bar.close()
-    return _summarise(state, output, time.perf_counter() - state.started)
+    message, status = job.summary()
+    print(message, file=sys.stderr)
+    return status
 
 
 def _usage_problem(args: argparse.Namespace) -> str | None:
@@ -340,59 +282,9 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _correct_here(state: _Run, options: dict[str, Any]) -> None:
-    from aligner_chain.offline.corrections import check_aligner
-    from aligner_chain.offline.engine import correct_in_order
-
-    backend = build_backend(**options)
-    check_aligner(backend)
-    state.start_clock()
-    remote = bool(options["base_url"])
-    for ready in correct_in_order(
-        backend,
-        state.pending(),
-        lambda item: item.request,
-        concurrency=state.args.concurrency or (8 if remote else 1),
-        chunk_size=1 if remote else state.args.batch_size,
-    ):
-        state.write([(item.position, output_row(item.row, result, state.fields)) for item, result in ready])
-
-
-def _correct_on_ray(state: _Run, options: dict[str, Any], ray_options: Any) -> None:
-    from aligner_chain.offline.ray_data import iter_corrections
-
-    def staged() -> Iterator[tuple[int, CorrectionRequest, str]]:
-        for item in state.pending():
-            yield item.position, item.request, json.dumps(item.row, ensure_ascii=False)
-
-    model = options.pop("model")
-    for group in iter_corrections(staged(), model, options=ray_options, backend_options=options):
-        state.write(
-            [
-                (row_id, output_row(json.loads(payload or "{}"), result, state.fields))
-                for row_id, result, payload in group
-            ]
-        )
-
-
 def _count_rows(path: str) -> int | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return sum(1 for line in handle if line.strip())
     except OSError:
         return None
-
-
-def _summarise(state: _Run, output: ResumableOutput, seconds: float) -> int:
-    counts = state.counts
-    written = sum(counts[status] for status in OUTPUT_STATUSES)
-    parts = ", ".join(f"{counts[status]} {status}" for status in OUTPUT_STATUSES)
-    rate = f"{written / seconds:.1f}" if seconds > 0 else "n/a"
-    message = f"aligner-chain correct: wrote {written} row(s) ({parts}) in {seconds:.1f} s ({rate} rows/s)"
-    kept = sum(output.kept.values())
-    if kept:
-        message += f"; kept {kept} finished row(s) from before"
-    if counts["invalid"]:
-        message += f"; left out {counts['invalid']} invalid input row(s) (see above)"
-    print(message, file=sys.stderr)
-    return 1 if counts["failed"] or counts["invalid"] else 0
