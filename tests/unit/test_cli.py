@@ -119,3 +119,15 @@ def test_empty_answers_are_skipped_without_a_model_call() -> None:
         ("ok", None, "B"),
     ]
     assert seen == ["a", "b"]
+
+
+def test_the_ray_engine_without_ray_says_what_to_install(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"question": "Q", "answer": "A"}) + "\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "aligner_chain.offline.ray_data", raising=False)
+    args = ["correct", str(source), "-o", str(tmp_path / "out.jsonl"), "--engine", "ray", "--model", "m"]
+    assert cli.main(args) == 1
+    assert 'pip install "aligner-chain[ray]"' in capsys.readouterr().err
