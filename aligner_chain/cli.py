@@ -1,7 +1,8 @@
 """The ``aligner-chain`` command: one entry point, one subcommand per registered module.
 
 A subcommand module provides ``HELP: str``, ``add_arguments(parser)`` and ``run(args) -> int`` and keeps
-its top-level imports light (heavy libraries load inside ``run``). Subcommands that live in an extra
+its top-level imports light (heavy libraries load inside ``run``). A ``ValueError`` out of ``run`` is a
+usage or data error: one line on stderr, exit status 2. Subcommands that live in an extra
 (``train``, ``bootstrap``, ``eval``) stay listed when the extra is missing and say what to install.
 """
 
@@ -132,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         status: int = args._run(args)
+    except ValueError as err:  # bad arguments, settings or data: said in one line, no traceback
+        print(f"aligner-chain {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("aligner-chain: interrupted", file=sys.stderr)
         return 130

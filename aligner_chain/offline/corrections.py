@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from langchain_core.messages import AIMessage
+
 from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult
 from aligner_chain.errors import AlignerError
+from aligner_chain.messages import skip_reason
 
 __all__ = ["AlignerUnavailable", "check_aligner", "correct_requests"]
 
@@ -27,14 +30,17 @@ def correct_requests(
     reason ``"empty"`` (there is nothing to correct); if the backend raises, every row sent fails
     with ``"backend_error"`` and the error as detail."""
     results: list[CorrectionResult | None] = [
-        CorrectionResult.skipped("empty", "the answer is empty") if not r.answer.strip() else None
-        for r in requests
+        CorrectionResult.skipped("empty", "the answer is empty") if _empty(r) else None for r in requests
     ]
     todo = [i for i, result in enumerate(results) if result is None]
     if todo:
         for i, result in zip(todo, _correct(backend, [requests[i] for i in todo]), strict=True):
             results[i] = result
     return [result for result in results if result is not None]
+
+
+def _empty(request: CorrectionRequest) -> bool:
+    return skip_reason(AIMessage(content=request.answer)) == "empty"  # the rule every front end uses
 
 
 def _correct(backend: AlignerBackend, requests: list[CorrectionRequest]) -> list[CorrectionResult]:

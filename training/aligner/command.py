@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -267,11 +266,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Train; 0 on success, 2 on bad arguments, recipe, data or base model."""
-    try:
-        config = build_config(args)
-    except ValueError as err:
-        print(f"aligner-chain train: error: {err}", file=sys.stderr)
-        return 2
+    config = build_config(args)  # a ValueError: exit status 2
     if config.disable_tqdm:
         quiet_progress()
     from aligner_chain.errors import AlignerError
@@ -279,9 +274,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = train_aligner(config)
-    except (ValueError, ImportError, AlignerError) as err:  # bad data or base model, --qlora without bnb
-        print(f"aligner-chain train: error: {err}", file=sys.stderr)
-        return 2
+    except (ImportError, AlignerError) as err:  # the base model cannot be had, --qlora without bnb
+        raise ValueError(str(err)) from err
     for stage in result.stages:
         loss = "-" if stage.train_loss is None else f"{stage.train_loss:.4f}"
         note = f" ({stage.skipped})" if stage.skipped else ""

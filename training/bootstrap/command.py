@@ -106,10 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from aligner_chain.offline.corrections import AlignerUnavailable
 
     try:
-        return _run(args)
-    except ValueError as err:
-        print(f"aligner-chain bootstrap: error: {err}", file=sys.stderr)
-        return 2
+        return _run(args)  # a ValueError: exit status 2
     except AlignerUnavailable as err:
         print(
             f"aligner-chain bootstrap: error: {err}; fix it and run again (finished work is kept)",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from aligner_chain.cli import quiet_progress
@@ -74,15 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the evaluation; 0 on success, 2 on bad arguments or data."""
-    try:
-        return _run(args)
-    except ValueError as err:
-        print(f"aligner-chain eval: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Run the evaluation; 0 on success (bad arguments or data: ``ValueError``, exit status 2)."""
     if args.no_progress:
         quiet_progress()
     from training.evaluation.win_rates import (
