@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnableSequence
+from langchain_core.runnables import (
+    Runnable,
+    RunnableGenerator,
+    RunnableLambda,
+    RunnableParallel,
+    RunnableSequence,
+)
+from langchain_core.runnables.utils import AddableDict
 
 from aligner_chain.messages import question_and_history
 from aligner_chain.runnable import AlignerRunnable
@@ -22,7 +29,8 @@ def with_aligner(upstream: Runnable[Any, Any], aligner: AlignerRunnable | None =
     ``{"messages": [...]}``, or the input dict of a ``prompt | llm`` chain), runs ``upstream``, and
     corrects its answer with the question = the last human message of that input (plus earlier turns
     when ``aligner.history_turns > 0``). It is a traced run with stream/async/batch support; a batch
-    makes one Aligner call.
+    makes one Aligner call. Streamed, the upstream's chunks flow through as they arrive, so a
+    sentence-level Aligner corrects each sentence while the upstream is still writing.
     """
     if not isinstance(upstream, Runnable):
         raise TypeError(
@@ -36,17 +44,29 @@ def with_aligner(upstream: Runnable[Any, Any], aligner: AlignerRunnable | None =
         lambda value: _question_and_history(upstream, value), name="aligner_question"
     )
     gather = RunnableParallel(answer=upstream, context=context)
-    unpack = RunnableLambda(_unpack, name="aligner_input")
+    unpack = RunnableGenerator(_unpack, _aunpack, name="aligner_input")
     return RunnableSequence(gather, unpack, aligner, name=f"{upstream.get_name()}WithAligner")
 
 
-def _unpack(value: Mapping[str, Any]) -> dict[str, Any]:
-    context = value.get("context") or {}
-    return {
-        "question": context.get("question", ""),
-        "history": context.get("history", []),
-        "answer": value["answer"],
-    }
+def _unpack_one(value: Mapping[str, Any]) -> Iterator[AddableDict]:
+    """One chunk of ``{"answer", "context"}`` as the Aligner's input chunks (they add up to
+    ``{"question", "history", "answer"}``)."""
+    if "context" in value:
+        context = value["context"] or {}
+        yield AddableDict(question=context.get("question", ""), history=context.get("history", []))
+    if "answer" in value:
+        yield AddableDict(answer=value["answer"])
+
+
+def _unpack(chunks: Iterator[Mapping[str, Any]]) -> Iterator[AddableDict]:
+    for chunk in chunks:
+        yield from _unpack_one(chunk)
+
+
+async def _aunpack(chunks: AsyncIterator[Mapping[str, Any]]) -> AsyncIterator[AddableDict]:
+    async for chunk in chunks:
+        for piece in _unpack_one(chunk):
+            yield piece
 
 
 def _question_and_history(upstream: Runnable[Any, Any], value: Any) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def answer_after(draft: Draft, outcome: Outcome, *, model: str, template: str) -
         template=template,
         reason=outcome.reason,
         detail=outcome.detail,
+        **outcome.extra,
     )
     message = replace_text(draft.message, outcome.text) if outcome.status == "corrected" else draft.message
     return with_metadata(message, meta)

@@ -1,7 +1,14 @@
 """Named Aligner prompt templates: the one contract shared by training and inference.
 
-A template is a string with exactly the fields ``{question}`` and ``{answer}``. It must end on a
-token boundary (no trailing whitespace): the Aligner's completion starts with a space.
+A template comes in one of two kinds, told apart by its fields:
+
+* whole-answer (``granularity="answer"``): exactly ``{question}`` and ``{answer}``; the Aligner
+  rewrites the whole answer;
+* sentence-level (``granularity="sentence"``): exactly ``{question}``, ``{prefix}`` and ``{sentence}``;
+  the Aligner reads the corrected answer so far and the upstream's next sentence and writes that
+  sentence's revision (empty to drop it), as in Stream Aligner.
+
+It must end on a token boundary (no trailing whitespace): the Aligner's completion starts with a space.
 """
 
 from __future__ import annotations
@@ -10,11 +17,16 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
 __all__ = [
+    "DEFAULT_SENTENCE_TEMPLATE",
     "DEFAULT_TEMPLATE",
+    "GRANULARITIES",
     "TEMPLATES",
     "AlignerTemplate",
+    "Granularity",
+    "default_template",
     "fold_history",
     "format_completion",
     "format_prompt",
@@ -38,10 +50,20 @@ TEMPLATES: Mapping[str, str] = MappingProxyType(
         "empathy": "BEGINNING OF CONVERSATION: USER: "
         + _V1_TASK.format(goal="empathic and helpful")
         + " ASSISTANT:",
+        # Sentence level: Stream Aligner's published format (AAAI 2025).
+        "stream-aligner": "##Question: {question} | ##Answer_Prefix: {prefix} | "
+        "##Answer_Last_Sentence: {sentence} | ##Your_Revision:",
     }
 )
 DEFAULT_TEMPLATE = "aligner-v1"
-_FIELDS = ("question", "answer")
+DEFAULT_SENTENCE_TEMPLATE = "stream-aligner"
+
+Granularity = Literal["answer", "sentence"]
+"""What an Aligner corrects: a whole answer, or one sentence after the corrected prefix."""
+GRANULARITIES: tuple[Granularity, ...] = ("answer", "sentence")
+_FIELDS: Mapping[Granularity, frozenset[str]] = MappingProxyType(
+    {"answer": frozenset({"question", "answer"}), "sentence": frozenset({"question", "prefix", "sentence"})}
+)
 
 
 @dataclass(frozen=True)
@@ -51,8 +73,34 @@ class AlignerTemplate:
     name: str
     text: str
 
-    def format(self, question: str, answer: str) -> str:
-        """Render the prompt. Field values are inserted verbatim, never re-parsed."""
+    @property
+    def granularity(self) -> Granularity:
+        """``"sentence"`` for a template with ``{prefix}`` and ``{sentence}``, else ``"answer"``."""
+        return _granularity(_fields(self.text))
+
+    def format(self, question: str, answer: str, prefix: str | None = None) -> str:
+        """Render the prompt. Field values are inserted verbatim, never re-parsed.
+
+        A whole-answer template takes the answer; a sentence-level template takes the sentence as
+        ``answer`` and the corrected text before it as ``prefix`` (``""`` for the first sentence).
+
+        Raises:
+            ValueError: a ``prefix`` for a whole-answer template, or none for a sentence-level one
+                (a whole answer reaches a sentence-level Aligner through the sentence loop).
+        """
+        if self.granularity == "sentence":
+            if prefix is None:
+                raise ValueError(
+                    f"template {self.to_json()!r} corrects one sentence after the corrected prefix, so a "
+                    "request needs a prefix; send whole answers through AlignerRunnable, with_aligner or "
+                    "AlignedChatModel, which correct them sentence by sentence"
+                )
+            return self.text.format(question=question, prefix=prefix, sentence=answer)
+        if prefix is not None:
+            raise ValueError(
+                f"template {self.to_json()!r} corrects whole answers; a request with a prefix needs a "
+                "sentence-level template such as 'stream-aligner'"
+            )
         return self.text.format(question=question, answer=answer)
 
     def to_json(self) -> str:
@@ -77,22 +125,26 @@ def get_template(template: str | AlignerTemplate = DEFAULT_TEMPLATE) -> AlignerT
         known = ", ".join(sorted(TEMPLATES))
         raise ValueError(
             f"template {template!r} is not a registered name ({known}); pass one of them or a "
-            "template string containing {question} and {answer}"
+            "template string containing {question} and {answer} (or {question}, {prefix} and {sentence})"
         )
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        fields = _fields(template)
     except ValueError as err:
         raise ValueError(f"template is not a valid format string: {err}") from err
-    missing = [f for f in _FIELDS if f not in fields]
+    kind = _granularity(fields)
+    missing = sorted(_FIELDS[kind] - fields)
     if missing:
         raise ValueError(
-            f"template is missing {', '.join('{' + f + '}' for f in missing)}; a custom template "
-            "must contain both {question} and {answer}"
+            f"template is missing {', '.join('{' + f + '}' for f in missing)}; a custom template must "
+            "contain {question} and {answer} (whole answers) or {question}, {prefix} and {sentence} "
+            "(sentence level)"
         )
-    extra = sorted(fields - set(_FIELDS))
+    extra = sorted(fields - _FIELDS[kind])
     if extra:
+        allowed = ", ".join("{" + f + "}" for f in sorted(_FIELDS[kind]))
+        what = "sentence-level" if kind == "sentence" else "whole-answer"
         raise ValueError(
-            f"template has unknown field(s) {extra}; only {{question}} and {{answer}} are allowed "
+            f"template has unknown field(s) {extra}; a {what} template takes only {allowed} "
             "(write literal braces as {{ and }})"
         )
     if template != template.rstrip():
@@ -101,6 +153,14 @@ def get_template(template: str | AlignerTemplate = DEFAULT_TEMPLATE) -> AlignerT
             "(the completion starts with the space)"
         )
     return AlignerTemplate("custom", template)
+
+
+def _fields(text: str) -> set[str]:
+    return {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+
+
+def _granularity(fields: set[str]) -> Granularity:
+    return "sentence" if fields & {"prefix", "sentence"} else "answer"
 
 
 def fold_history(question: str, history: Sequence[tuple[str, str]], history_turns: int) -> str:
@@ -118,14 +178,29 @@ def fold_history(question: str, history: Sequence[tuple[str, str]], history_turn
     return "Conversation so far:\n" + "\n".join(lines) + f"\nCurrent question: {question}"
 
 
-def format_prompt(question: str, answer: str, template: str | AlignerTemplate = DEFAULT_TEMPLATE) -> str:
+def default_template(granularity: Granularity = "answer") -> str:
+    """The registered template used when none is given: ``"aligner-v1"`` for whole answers,
+    ``"stream-aligner"`` at sentence level."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {granularity!r}")
+    return DEFAULT_SENTENCE_TEMPLATE if granularity == "sentence" else DEFAULT_TEMPLATE
+
+
+def format_prompt(
+    question: str,
+    answer: str,
+    template: str | AlignerTemplate = DEFAULT_TEMPLATE,
+    *,
+    prefix: str | None = None,
+) -> str:
     """Render the Aligner prompt for one question/answer pair (fold history into ``question`` first
-    with :func:`fold_history`).
+    with :func:`fold_history`); for a sentence-level template ``answer`` is the sentence and
+    ``prefix`` the corrected answer before it.
 
     >>> format_prompt("Q", "A")
     'BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and harmless: Q | A ASSISTANT:'
     """  # noqa: E501
-    return get_template(template).format(question, answer)
+    return get_template(template).format(question, answer, prefix)
 
 
 def format_completion(correction: str) -> str:

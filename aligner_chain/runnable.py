@@ -25,6 +25,13 @@ from aligner_chain.errors import AlignerError, CorrectionFailed
 from aligner_chain.inputs import Item, parse_input
 from aligner_chain.messages import message_text, split_conversation
 from aligner_chain.options import AlignerOptions, OnFailure
+from aligner_chain.sentence_stream import (
+    SentenceStream,
+    acorrect_drafts,
+    astream_sentences,
+    correct_drafts,
+    stream_sentences,
+)
 from aligner_chain.streaming import add_chunk, as_chunks, is_streaming
 from aligner_chain.tracing import annotate_run
 
@@ -247,6 +254,9 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
     def _transform(
         self, chunks: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> Iterator[Any]:
+        if self._sentence_level():  # corrected sentence by sentence as the chunks arrive
+            yield from stream_sentences(self._sentence_stream(config, run_manager), chunks)
+            return
         total: Any = None
         for chunk in chunks:
             total = add_chunk(total, chunk)
@@ -260,6 +270,10 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> AsyncIterator[Any]:
+        if self._sentence_level():
+            async for piece in astream_sentences(self._sentence_stream(config, run_manager), chunks):
+                yield piece
+            return
         total: Any = None
         async for chunk in chunks:
             total = add_chunk(total, chunk)
@@ -268,6 +282,18 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         out = (await self._arun([self._parse(total, config, run_manager)]))[0]
         for piece in as_chunks(_raise_or_return(out)):
             yield piece
+
+    def _sentence_level(self) -> bool:
+        """Whether the Aligner corrects sentence by sentence (the whole-answer path reports a
+        backend that cannot be built)."""
+        try:
+            return self.get_backend().granularity == "sentence"
+        except Exception:
+            return False
+
+    def _sentence_stream(self, config: RunnableConfig, run_manager: Any) -> SentenceStream:
+        question = ((config or {}).get("configurable") or {}).get(QUESTION_CONFIG_KEY)
+        return SentenceStream(self, question=question, run=run_manager)
 
     # --- the correction ----------------------------------------------------------------------------
 
@@ -289,10 +315,13 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
 
     def _run(self, items: list[Item | Exception]) -> list[Any]:
         todo = _todo(items)
-        results: list[CorrectionResult] | Exception = []
+        results: list[CorrectionResult] | list[Outcome | Exception] | Exception = []
         if todo:
             try:
-                results = self.get_backend().correct([item.draft.request() for item in todo.values()])
+                if self._sentence_level():
+                    results = correct_drafts(self, [item.draft for item in todo.values()])
+                else:
+                    results = self.get_backend().correct([item.draft.request() for item in todo.values()])
             except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
                 raise
             except Exception as err:
@@ -301,10 +330,15 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
 
     async def _arun(self, items: list[Item | Exception]) -> list[Any]:
         todo = _todo(items)
-        results: list[CorrectionResult] | Exception = []
+        results: list[CorrectionResult] | list[Outcome | Exception] | Exception = []
         if todo:
             try:
-                results = await self.get_backend().acorrect([item.draft.request() for item in todo.values()])
+                if self._sentence_level():
+                    results = await acorrect_drafts(self, [item.draft for item in todo.values()])
+                else:
+                    results = await self.get_backend().acorrect(
+                        [item.draft.request() for item in todo.values()]
+                    )
             except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
                 raise
             except Exception as err:
@@ -315,7 +349,7 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         self,
         items: list[Item | Exception],
         todo: dict[int, Item],
-        results: list[CorrectionResult] | Exception,
+        results: list[CorrectionResult] | list[Outcome | Exception] | Exception,
     ) -> list[Any]:
         if isinstance(results, list) and len(results) != len(todo):
             results = AlignerError(f"the backend returned {len(results)} results for {len(todo)} requests")
@@ -330,8 +364,10 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
                     outputs.append(self._finish(item, Outcome("skipped", item.draft.text, item.draft.skip)))
                 elif isinstance(results, Exception):
                     outputs.append(self._finish(item, _outcome_of_error(item.draft, results), results))
+                elif isinstance(result := by_index[i], Exception):  # on_failure="raise", sentence level
+                    outputs.append(result)
                 else:
-                    outputs.append(self._finish(item, classify(item.draft.text, by_index[i])))
+                    outputs.append(self._finish(item, _outcome_of(item.draft, result)))
             except Exception as err:  # on_failure="raise": reported per item
                 outputs.append(err)
         return outputs
@@ -363,6 +399,10 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
 def _todo(items: list[Item | Exception]) -> dict[int, Item]:
     """The items to send to the backend, by position."""
     return {i: item for i, item in enumerate(items) if isinstance(item, Item) and item.draft.skip is None}
+
+
+def _outcome_of(draft: Draft, result: CorrectionResult | Outcome) -> Outcome:
+    return result if isinstance(result, Outcome) else classify(draft.text, result)
 
 
 def _outcome_of_error(draft: Draft, err: Exception) -> Outcome:

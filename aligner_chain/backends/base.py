@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from aligner_chain.errors import CorrectionFailed
-from aligner_chain.prompts import parse_correction
+from aligner_chain.prompts import Granularity, parse_correction
 
 __all__ = [
     "FINISHED",
@@ -47,10 +47,15 @@ FINISHED = frozenset({"stop", "eos", "eos_token", "stop_sequence"})
 
 @dataclass(frozen=True)
 class CorrectionRequest:
-    """One answer to correct. ``question`` may already hold folded history (see ``fold_history``)."""
+    """One answer to correct. ``question`` may already hold folded history (see ``fold_history``).
+
+    For a sentence-level Aligner ``answer`` is one sentence and ``prefix`` the corrected answer
+    before it (``""`` for the first sentence); ``prefix=None`` is a whole answer.
+    """
 
     question: str
     answer: str
+    prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class Outcome:
     text: str
     reason: str | None = None
     detail: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """More facts for the ``aligner`` metadata (e.g. each sentence's outcome)."""
 
     def error(self) -> CorrectionFailed:
         """The exception for a skipped or failed outcome."""
@@ -119,13 +126,16 @@ class Outcome:
         return CorrectionFailed(self.reason or self.status, self.detail, status=status)
 
 
-def classify(answer: str, result: CorrectionResult) -> Outcome:
-    """The one rule for outcomes: an empty correction fails (``"empty_correction"``); one equal to
-    the answer up to surrounding whitespace is ``unchanged``; any other text is ``corrected``."""
+def classify(answer: str, result: CorrectionResult, *, granularity: Granularity = "answer") -> Outcome:
+    """The one rule for outcomes: an empty correction fails (``"empty_correction"``), except at
+    sentence level where it drops the sentence (``corrected`` to ``""``); one equal to the answer up
+    to surrounding whitespace is ``unchanged``; any other text is ``corrected``."""
     if result.status != "ok" or result.text is None:
         status: OutcomeStatus = "skipped" if result.status == "skipped" else "failed"
         return Outcome(status, answer, result.reason or "backend_error", result.detail)
     if not result.text.strip():
+        if granularity == "sentence" and answer.strip():
+            return Outcome("corrected", "")
         return Outcome("failed", answer, "empty_correction", "the Aligner returned no text")
     if result.text.strip() == answer.strip():
         return Outcome("unchanged", answer)
@@ -166,6 +176,13 @@ class AlignerBackend(ABC):
     @abstractmethod
     def template_name(self) -> str:
         """The resolved template's name (``"custom"`` for a user string), for metadata."""
+
+    @property
+    def granularity(self) -> Granularity:
+        """What the model corrects: ``"answer"`` (whole answers) or ``"sentence"`` (one sentence
+        after the corrected prefix; requests carry ``prefix``). Backends with a template report its
+        kind."""
+        return "answer"
 
     @abstractmethod
     def correct(self, requests: Sequence[CorrectionRequest]) -> list[CorrectionResult]:

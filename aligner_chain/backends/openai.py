@@ -37,7 +37,13 @@ from aligner_chain.backends.completions_api import (
 )
 from aligner_chain.backends.deadlines import DeadlineExceeded, abefore, aread_before, before
 from aligner_chain.errors import CorrectionFailed
-from aligner_chain.prompts import DEFAULT_TEMPLATE, format_completion, format_prompt, get_template
+from aligner_chain.prompts import (
+    DEFAULT_TEMPLATE,
+    Granularity,
+    format_completion,
+    format_prompt,
+    get_template,
+)
 from aligner_chain.retry import (
     TransientStatus,
     describe_error,
@@ -147,6 +153,10 @@ class OpenAIBackend(AlignerBackend):
         return self._template.name
 
     @property
+    def granularity(self) -> Granularity:
+        return self._template.granularity
+
+    @property
     def endpoint(self) -> str:
         """The completions URL requests go to."""
         return self.base_url + "/completions"
@@ -174,7 +184,7 @@ class OpenAIBackend(AlignerBackend):
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def _payload(self, request: CorrectionRequest, *, stream: bool) -> Payload:
-        text = format_prompt(request.question, request.answer, self._template)
+        text = format_prompt(request.question, request.answer, self._template, prefix=request.prefix)
         if self._tokenizer_source is None:
             _note_text_prompts()
             return Payload(self._body(text, stream), text, request.answer, None)

@@ -27,7 +27,7 @@ from aligner_chain.backends.base import (
 from aligner_chain.backends.generation import Generation, GenerationRequest
 from aligner_chain.backends.local_model import LocalModel
 from aligner_chain.backends.model_sources import template_from_config
-from aligner_chain.prompts import AlignerTemplate, format_completion, get_template
+from aligner_chain.prompts import AlignerTemplate, Granularity, format_completion, get_template
 from aligner_chain.tokenization import encode_prompt, encode_text
 
 if TYPE_CHECKING:
@@ -103,6 +103,10 @@ class TransformersBackend(AlignerBackend):
     @property
     def template_name(self) -> str:
         return self.template.name
+
+    @property
+    def granularity(self) -> Granularity:
+        return self.template.granularity
 
     @property
     def template(self) -> AlignerTemplate:
@@ -249,7 +253,7 @@ class TransformersBackend(AlignerBackend):
         for i, request in enumerate(requests):
             if not isinstance(request, CorrectionRequest):
                 raise TypeError(f"requests[{i}] must be a CorrectionRequest, got {type(request).__name__}")
-            prompt = template.format(request.question, request.answer)
+            prompt = template.format(request.question, request.answer, request.prefix)
             needs = partial(_answer_tokens, answer=request.answer)
             out.append(GenerationRequest(partial(encode_prompt, prompt=prompt), needs))
         return out

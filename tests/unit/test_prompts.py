@@ -98,7 +98,7 @@ def test_aligner_config_round_trip(tmp_path):
     path = save_aligner_config(tmp_path / "m", AlignerConfig("empathy", "base/id", {"seed": 3}))
     assert json.loads(path.read_text())["template"] == "empathy"
     loaded = load_aligner_config(tmp_path / "m")
-    assert loaded == AlignerConfig("empathy", "base/id", {"seed": 3})
+    assert loaded == AlignerConfig("empathy", "base/id", {"seed": 3}, granularity="answer")
     assert loaded.resolved_template().name == "empathy"
     assert load_aligner_config(tmp_path / "nothing-here") is None
 
@@ -109,3 +109,43 @@ def test_aligner_config_refuses_bad_templates_and_files(tmp_path):
     (tmp_path / "aligner_config.json").write_text('{"base_model": "x"}')
     with pytest.raises(ValueError, match="needs a 'template' field"):
         load_aligner_config(tmp_path)
+
+
+def test_stream_aligner_template_is_sentence_level_and_renders_the_published_format():
+    template = get_template("stream-aligner")
+    assert template.granularity == "sentence"
+    assert get_template("aligner-v1").granularity == "answer"
+    assert format_prompt("Q?", "Second one.", "stream-aligner", prefix="First one.") == (
+        "##Question: Q? | ##Answer_Prefix: First one. | ##Answer_Last_Sentence: Second one. | ##Your_Revision:"
+    )
+    assert format_prompt("Q?", "First.", template, prefix="") == (
+        "##Question: Q? | ##Answer_Prefix:  | ##Answer_Last_Sentence: First. | ##Your_Revision:"
+    )
+
+
+def test_a_template_kind_and_its_requests_must_match():
+    with pytest.raises(ValueError, match="needs a prefix"):
+        format_prompt("Q", "A whole answer.", "stream-aligner")
+    with pytest.raises(ValueError, match="corrects whole answers"):
+        format_prompt("Q", "A sentence.", "aligner-v1", prefix="before")
+
+
+def test_custom_sentence_templates_are_validated_by_their_own_fields():
+    custom = get_template("Q: {question}\nSo far: {prefix}\nNext: {sentence}\nRevised:")
+    assert custom.granularity == "sentence" and custom.name == "custom"
+    assert custom.format("q", "s", "p") == "Q: q\nSo far: p\nNext: s\nRevised:"
+    with pytest.raises(ValueError, match="missing \\{prefix\\}"):
+        get_template("{question} {sentence} Revised:")
+    with pytest.raises(ValueError, match="unknown field.*sentence-level"):
+        get_template("{question} {prefix} {sentence} {answer} Revised:")
+
+
+def test_aligner_config_records_and_checks_the_granularity(tmp_path):
+    path = save_aligner_config(tmp_path / "s", AlignerConfig("stream-aligner"))
+    assert json.loads(path.read_text())["granularity"] == "sentence"
+    assert load_aligner_config(tmp_path / "s").resolved_granularity() == "sentence"
+    (tmp_path / "aligner_config.json").write_text('{"template": "aligner-v1", "granularity": "sentence"}')
+    with pytest.raises(ValueError, match="granularity 'sentence' does not match template 'aligner-v1'"):
+        load_aligner_config(tmp_path)
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        AlignerConfig("aligner-v1", granularity="paragraph")  # type: ignore[arg-type]
