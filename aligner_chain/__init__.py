@@ -9,6 +9,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from aligner_chain.aligned_chat_model import AlignedChatModel
     from aligner_chain.backends import (
         AlignerBackend,
         CallableBackend,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
+    "AlignedChatModel": "aligner_chain.aligned_chat_model",
     "AlignerBackend": "aligner_chain.backends",
     "CallableBackend": "aligner_chain.backends",
     "CorrectionRequest": "aligner_chain.backends",
@@ -47,6 +49,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "TEMPLATES",
+    "AlignedChatModel",
     "AlignerBackend",
     "AlignerError",
     "AlignerRunnable",

@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
 from aligner_chain.backends.base import AlignerBackend, Outcome
-from aligner_chain.correction import Draft, answer_after, make_draft
-from aligner_chain.errors import AlignerError
+from aligner_chain.correction import Draft, make_draft
 from aligner_chain.messages import (
     ALIGNER_KEY,
     as_ai_message,
@@ -71,7 +70,7 @@ class SentenceStream:
         self._aligner = aligner
         self._run = run
         self.backend: AlignerBackend = aligner.get_backend()
-        model, self._template = aligner.describe_backend()
+        model, _ = aligner.describe_backend()
         self.loop = SentenceLoop("", on_failure=aligner.on_failure, model=model)
         self._question = question
         self._history = history
@@ -179,18 +178,16 @@ class SentenceStream:
         Raises:
             AlignerError: the answer failed and ``on_failure="raise"``.
         """
+        from aligner_chain.runnable import _Item  # the runnable imports this module
+
         draft = self._draft()
         outcome = self.outcome(draft)
-        if outcome.status == "failed":
-            detail = f" ({outcome.detail})" if outcome.detail else ""
-            if self._aligner.on_failure == "raise":
-                raise AlignerError(f"the Aligner ({self.loop.model}) failed: {outcome.reason}{detail}")
+        after = None if draft is None else self._aligner._finish(_Item("message", draft), outcome)
         out: list[Any] = []
         if not self._emitted and outcome.text:  # every sentence dropped: the original instead
             out.append(self.out(outcome.text))
-        if self._kind != "message" or draft is None:
+        if self._kind != "message" or after is None:
             return out
-        after = answer_after(draft, outcome, model=self.loop.model, template=self._template)
         total = self._total
         out.append(
             AIMessageChunk(

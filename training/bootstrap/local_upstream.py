@@ -9,7 +9,9 @@ so a trained upstream is always served the way it was trained:
 * ``"chat"``: the tokenizer's own chat template over the whole conversation.
 
 Generation is greedy, through the same local-model worker as the Aligner
-(:mod:`aligner_chain.backends.local_model`).
+(:mod:`aligner_chain.backends.local_model`). As a chat model it reports ``usage_metadata`` and
+``response_metadata["model_name"]``, streams its answer as it is generated, and takes ``stop`` and a
+``max_tokens`` at most ``max_new_tokens`` per call.
 """
 
 from __future__ import annotations
@@ -17,19 +19,27 @@ from __future__ import annotations
 import json
 import string
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_openai_messages
-from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import ConfigDict, PrivateAttr
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    convert_to_openai_messages,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from aligner_chain.backends.generation import Generation, GenerationRequest
 from aligner_chain.backends.local_model import LocalModel
+from aligner_chain.backends.model_sources import load_tokenizer
 from aligner_chain.tokenization import encode_prompt
 
 __all__ = [
@@ -125,6 +135,9 @@ def load_upstream_format(directory: str | Path) -> UpstreamFormat | None:
         raise ValueError(f"{path} is not a valid {UPSTREAM_CONFIG_NAME} ({err}); it needs a 'kind'") from err
 
 
+_CALL_OPTIONS = frozenset({"max_tokens", "temperature"})
+
+
 class LocalUpstream(BaseChatModel):
     """A local (or hub) causal LM answering greedily, as a LangChain chat model.
 
@@ -132,22 +145,33 @@ class LocalUpstream(BaseChatModel):
     PEFT adapter on its base. ``prompt_format=None`` reads ``upstream_config.json`` from the model
     directory, else picks the chat template when the tokenizer has one, else the plain template.
     Generation goes through :class:`~aligner_chain.backends.local_model.LocalModel`: concurrent calls
-    are batched by its one worker thread.
+    are batched by its one worker thread. ``generation_kwargs`` are extra ``generate`` arguments
+    (e.g. ``min_new_tokens``).
+
+    Answers carry ``usage_metadata`` (prompt tokens as encoded; answer tokens counted by encoding the
+    answer with a copy of the tokenizer) and ``response_metadata`` ``model_name`` and
+    ``finish_reason`` (``"stop"``, or ``"length"`` when cut at the token budget). ``stream`` yields
+    the answer as it is generated. Per call: ``stop`` cuts the answer before the first stop string,
+    ``max_tokens`` lowers the token budget (at most ``max_new_tokens``), ``temperature`` may only be
+    ``0`` (decoding is greedy); other call arguments are a ``TypeError``.
     """
 
     model: str
-    max_new_tokens: int = 256
+    max_new_tokens: int = Field(default=256, gt=0)
     device: str = "auto"
     dtype: str = "auto"
-    max_batch_size: int = 8
+    max_batch_size: int = Field(default=8, gt=0)
     prompt_format: UpstreamFormat | None = None
     trust_remote_code: bool = False
+    generation_kwargs: dict[str, Any] | None = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     _engine: LocalModel | None = PrivateAttr(default=None)
     _format: UpstreamFormat | None = PrivateAttr(default=None)
+    _counter: Any = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _count_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
     def _llm_type(self) -> str:
@@ -167,6 +191,7 @@ class LocalUpstream(BaseChatModel):
                     dtype=self.dtype,
                     trust_remote_code=self.trust_remote_code,
                     max_batch_size=self.max_batch_size,
+                    generation_kwargs=self.generation_kwargs,
                 )
             engine = self._engine
         engine.load()
@@ -176,15 +201,74 @@ class LocalUpstream(BaseChatModel):
             self._format = fmt or resolve_upstream_format(engine.tokenizer)
         return engine, self._format
 
+    def _count(self, text: str) -> list[int]:
+        """Token ids of ``text`` by a copy of the tokenizer (the worker's own is not thread-safe)."""
+        with self._count_lock:
+            if self._counter is None:
+                engine, _ = self._loaded()
+                self._counter = load_tokenizer(
+                    engine.sources(), revision=None, trust_remote_code=self.trust_remote_code
+                )
+            ids: list[int] = self._counter(text, add_special_tokens=False, split_special_tokens=True)[
+                "input_ids"
+            ]
+            return ids
+
+    def _cut_to(self, text: str, budget: int) -> str:
+        ids = self._count(text)
+        if len(ids) <= budget:
+            return text
+        with self._count_lock:
+            cut: str = self._counter.decode(ids[:budget], skip_special_tokens=True)
+        return cut
+
     def _generate_batch(self, batch: list[list[BaseMessage]]) -> list[str]:
         """Answer several conversations (one request each to the model's worker)."""
+        return [_answer(generation) for generation, _ in self._submit(batch)]
+
+    def _submit(self, batch: list[list[BaseMessage]]) -> list[tuple[Generation, int]]:
         engine, fmt = self._loaded()
-        requests = [GenerationRequest(partial(_encode, fmt=fmt, messages=messages)) for messages in batch]
-        return [_answer(generation) for generation in engine.submit(requests).result()]
+        prompts = [_Prompt(fmt, messages) for messages in batch]
+        generations = engine.submit([GenerationRequest(prompt) for prompt in prompts]).result()
+        return [(generation, prompt.tokens) for generation, prompt in zip(generations, prompts, strict=True)]
 
     def answer_batch(self, questions: list[str]) -> list[str]:
         """Answer several questions in one batched ``generate`` (no LangChain run)."""
         return self._generate_batch([[HumanMessage(q)] for q in questions])
+
+    def _budget(self, kwargs: dict[str, Any]) -> int:
+        """The call's token budget; checks the call arguments."""
+        unknown = sorted(set(kwargs) - _CALL_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"LocalUpstream got unexpected call argument(s) {unknown}; it takes stop, max_tokens "
+                "and temperature=0"
+            )
+        if kwargs.get("temperature") not in (None, 0, 0.0):
+            raise ValueError(
+                f"LocalUpstream decodes greedily; temperature={kwargs['temperature']!r} is not supported "
+                "(pass generation_kwargs={'do_sample': True, 'temperature': ...} when creating it)"
+            )
+        max_tokens = kwargs.get("max_tokens")
+        if max_tokens is None:
+            return self.max_new_tokens
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+        return min(max_tokens, self.max_new_tokens)
+
+    def _message_fields(self, prompt_tokens: int, text: str, finish_reason: str) -> dict[str, Any]:
+        output_tokens = len(self._count(text)) if text else 0
+        return {
+            "usage_metadata": cast(
+                UsageMetadata,
+                {
+                    "input_tokens": prompt_tokens,
+                    "output_tokens": output_tokens,
+                    "total_tokens": prompt_tokens + output_tokens,
+                },
+            ),
+            "response_metadata": {"model_name": self.model, "finish_reason": finish_reason},
+        }
 
     def _generate(
         self,
@@ -193,12 +277,96 @@ class LocalUpstream(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        (text,) = self._generate_batch([list(messages)])
-        for token in stop or ():
-            cut = text.find(token)
-            if cut >= 0:
-                text = text[:cut]
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+        budget = self._budget(kwargs)
+        ((generation, prompt_tokens),) = self._submit([list(messages)])
+        text = _answer(generation)
+        finish = "length" if generation.finish_reason == "length" else "stop"
+        if budget < self.max_new_tokens:
+            cut = self._cut_to(text, budget)
+            finish, text = ("length", cut) if cut != text else (finish, text)
+        text, stopped = _cut_at_stop(text, stop)
+        finish = "stop" if stopped else finish
+        message = AIMessage(content=text, **self._message_fields(prompt_tokens, text, finish))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        budget = self._budget(kwargs)
+        engine, fmt = self._loaded()
+        prompt = _Prompt(fmt, list(messages))
+        job = engine.open_stream(GenerationRequest(prompt))
+        raw, sent, finish, done = "", "", "stop", False
+        try:
+            for piece in job.streamer:
+                raw += piece
+                text, finish, done = self._so_far(raw, budget, stop)
+                ready = text if done else _held_back(text.rstrip(), stop)
+                if len(ready) > len(sent):
+                    yield self._delta(ready[len(sent) :], run_manager)
+                    sent = ready
+                if done:
+                    break
+            if not done:
+                generation = job.future.result()
+                _answer(generation)  # raises when the model could not answer
+                finish = "length" if generation.finish_reason == "length" else "stop"
+                text = self._so_far(raw, budget, stop)[0].rstrip()
+                if len(text) > len(sent):
+                    yield self._delta(text[len(sent) :], run_manager)
+                    sent = text
+        finally:
+            job.cancelled.set()
+        fields = self._message_fields(prompt.tokens, sent, finish)
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", chunk_position="last", **fields))
+
+    def _so_far(self, raw: str, budget: int, stop: list[str] | None) -> tuple[str, str, bool]:
+        """``(text, finish_reason, done)`` of the answer generated so far, as ``_generate`` cuts it."""
+        text, finish, done = raw.lstrip(), "stop", False
+        if budget < self.max_new_tokens and (cut := self._cut_to(text, budget)) != text:
+            text, finish, done = cut, "length", True
+        text, stopped = _cut_at_stop(text, stop)
+        return (text, "stop", True) if stopped else (text, finish, done)
+
+    @staticmethod
+    def _delta(text: str, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+        if run_manager:
+            run_manager.on_llm_new_token(text, chunk=chunk)
+        return chunk
+
+
+class _Prompt:
+    """Encodes a conversation in the worker thread and remembers how many tokens it took."""
+
+    def __init__(self, fmt: UpstreamFormat, messages: list[BaseMessage]) -> None:
+        self.fmt = fmt
+        self.messages = messages
+        self.tokens = 0
+
+    def __call__(self, tokenizer: Any) -> list[int]:
+        ids = _encode(tokenizer, fmt=self.fmt, messages=self.messages)
+        self.tokens = len(ids)
+        return ids
+
+
+def _held_back(text: str, stop: list[str] | None) -> str:
+    """``text`` without an ending that may be the start of a stop string still arriving."""
+    hold = max(
+        (k for token in stop or () for k in range(1, len(token)) if text.endswith(token[:k])),
+        default=0,
+    )
+    return text[: len(text) - hold]
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    cuts = [i for token in stop or () if token and (i := text.find(token)) >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 def _encode(tokenizer: Any, *, fmt: UpstreamFormat, messages: list[BaseMessage]) -> list[int]:
