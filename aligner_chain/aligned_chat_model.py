@@ -13,7 +13,6 @@ with ``response_format`` are the upstream's own.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, cast
 
@@ -36,6 +35,7 @@ from langgraph.constants import TAG_NOSTREAM
 from pydantic import ConfigDict, Field
 
 from aligner_chain.aligned_streaming import astream_whole, stream_whole
+from aligner_chain.arguments import check_keywords
 from aligner_chain.messages import ALIGNER_KEY, aligner_metadata, question_and_history, with_metadata
 from aligner_chain.read_ahead import aread_ahead, read_ahead
 from aligner_chain.runnable import AlignerRunnable
@@ -73,7 +73,7 @@ class AlignedChatModel(BaseChatModel):
       backend call per sentence round); each input is its own traced run.
     * ``stop``, ``temperature`` and ``max_tokens`` are passed to the upstream on every call when set
       (``None``: the upstream's own settings); transport settings (timeouts, retries, keys) belong to
-      the upstream model.
+      the upstream model, and any other keyword is a ``TypeError``.
     """
 
     upstream: BaseChatModel
@@ -103,7 +103,7 @@ class AlignedChatModel(BaseChatModel):
                 if name in kwargs:
                     raise TypeError(f"{name} given twice (positionally and as {name}=)")
                 kwargs[name] = value
-        _check_arguments(type(self), kwargs)
+        check_keywords(type(self).__name__, kwargs, type(self).model_fields)
         if "upstream" not in kwargs:
             raise TypeError("AlignedChatModel needs upstream= (the chat model that answers)")
         if not isinstance(kwargs["upstream"], BaseChatModel):
@@ -466,17 +466,3 @@ class _Plan:
 
 def _result(message: AIMessage) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message)])
-
-
-def _check_arguments(cls: type[AlignedChatModel], kwargs: dict[str, Any]) -> None:
-    """Unknown keyword arguments are a ``TypeError`` naming them and the closest valid names."""
-    valid = set(cls.model_fields)
-    for name in sorted(k for k in kwargs if k not in valid):
-        close = difflib.get_close_matches(name, valid, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        where = (
-            " (timeouts, retries and keys are the upstream model's settings)"
-            if name in ("timeout", "max_retries", "api_key", "base_url")
-            else ""
-        )
-        raise TypeError(f"AlignedChatModel got an unexpected keyword argument {name!r}{hint}{where}")

@@ -21,8 +21,8 @@ from langgraph.errors import GraphBubbleUp
 from aligner_chain.backends.base import CorrectionResult, Outcome, classify
 from aligner_chain.correction import Draft, make_draft
 from aligner_chain.errors import AlignerError, CorrectionFailed
-from aligner_chain.messages import ALIGNER_KEY, question_and_history, skip_reason
 from aligner_chain.inputs import Item
+from aligner_chain.messages import ALIGNER_KEY, question_and_history, skip_reason
 from aligner_chain.runnable import AlignerRunnable
 from aligner_chain.streaming import as_chunks
 

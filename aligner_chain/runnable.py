@@ -22,7 +22,7 @@ from pydantic import PrivateAttr
 from aligner_chain.backends.base import CorrectionResult, Outcome, classify
 from aligner_chain.correction import Draft, answer_after, make_draft
 from aligner_chain.errors import AlignerError, CorrectionFailed
-from aligner_chain.inputs import Item, parse_input
+from aligner_chain.inputs import QUESTION_CONFIG_KEY, Item, parse_input
 from aligner_chain.messages import message_text, split_conversation
 from aligner_chain.options import AlignerOptions, OnFailure
 from aligner_chain.sentence_stream import (

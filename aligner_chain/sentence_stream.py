@@ -28,6 +28,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
 from aligner_chain.backends.base import AlignerBackend, Outcome
 from aligner_chain.correction import Draft, make_draft
+from aligner_chain.inputs import Item
 from aligner_chain.messages import (
     ALIGNER_KEY,
     as_ai_message,
@@ -178,11 +179,9 @@ class SentenceStream:
         Raises:
             AlignerError: the answer failed and ``on_failure="raise"``.
         """
-        from aligner_chain.runnable import _Item  # the runnable imports this module
-
         draft = self._draft()
         outcome = self.outcome(draft)
-        after = None if draft is None else self._aligner._finish(_Item("message", draft), outcome)
+        after = None if draft is None else self._aligner._finish(Item("message", draft, self._run), outcome)
         out: list[Any] = []
         if not self._emitted and outcome.text:  # every sentence dropped: the original instead
             out.append(self.out(outcome.text))

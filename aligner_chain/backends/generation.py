@@ -34,9 +34,10 @@ class Generation:
     """What one row produced. ``finish_reason``: ``"stop"`` (EOS or a stop string), ``"length"``
     (the token budget reached; ``text`` holds what was generated), ``"too_long"`` (the prompt leaves
     less room in the context than the request needs; nothing generated) or ``"failed"`` (``reason``:
-    ``"out_of_memory"``, ``"backend_error"``)."""
+    ``"out_of_memory"``, ``"backend_error"``); ``tokens``: the new tokens ``text`` was decoded from."""
 
     text: str
     finish_reason: FinishReason
     reason: str | None = None
     detail: str | None = None
+    tokens: int = 0

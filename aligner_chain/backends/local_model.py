@@ -286,7 +286,7 @@ class LocalModel:
             end = len(tokens)
             if not self._stops_early() or end >= budget:
                 reason = "length"
-        return Generation(self.tokenizer.decode(tokens[:end], skip_special_tokens=True), reason)
+        return Generation(self.tokenizer.decode(tokens[:end], skip_special_tokens=True), reason, tokens=end)
 
     def _stops_early(self) -> bool:
         return bool(

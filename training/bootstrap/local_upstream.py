@@ -148,9 +148,9 @@ class LocalUpstream(BaseChatModel):
     are batched by its one worker thread. ``generation_kwargs`` are extra ``generate`` arguments
     (e.g. ``min_new_tokens``).
 
-    Answers carry ``usage_metadata`` (prompt tokens as encoded; answer tokens counted by encoding the
-    answer with a copy of the tokenizer) and ``response_metadata`` ``model_name`` and
-    ``finish_reason`` (``"stop"``, or ``"length"`` when cut at the token budget). ``stream`` yields
+    Answers carry ``usage_metadata`` (the prompt's tokens and the tokens generated) and
+    ``response_metadata`` ``model_name`` and ``finish_reason`` (``"stop"``, or ``"length"`` when cut
+    at the token budget). ``stream`` yields
     the answer as it is generated. Per call: ``stop`` cuts the answer before the first stop string,
     ``max_tokens`` lowers the token budget (at most ``max_new_tokens``), ``temperature`` may only be
     ``0`` (decoding is greedy); other call arguments are a ``TypeError``.
@@ -202,7 +202,8 @@ class LocalUpstream(BaseChatModel):
         return engine, self._format
 
     def _count(self, text: str) -> list[int]:
-        """Token ids of ``text`` by a copy of the tokenizer (the worker's own is not thread-safe)."""
+        """Token ids of ``text`` by a copy of the tokenizer (the worker's own is not thread-safe),
+        to cut an answer at a call's ``max_tokens``."""
         with self._count_lock:
             if self._counter is None:
                 engine, _ = self._loaded()
@@ -256,8 +257,7 @@ class LocalUpstream(BaseChatModel):
             raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         return min(max_tokens, self.max_new_tokens)
 
-    def _message_fields(self, prompt_tokens: int, text: str, finish_reason: str) -> dict[str, Any]:
-        output_tokens = len(self._count(text)) if text else 0
+    def _message_fields(self, prompt_tokens: int, output_tokens: int, finish_reason: str) -> dict[str, Any]:
         return {
             "usage_metadata": cast(
                 UsageMetadata,
@@ -280,13 +280,12 @@ class LocalUpstream(BaseChatModel):
         budget = self._budget(kwargs)
         ((generation, prompt_tokens),) = self._submit([list(messages)])
         text = _answer(generation)
-        finish = "length" if generation.finish_reason == "length" else "stop"
-        if budget < self.max_new_tokens:
-            cut = self._cut_to(text, budget)
-            finish, text = ("length", cut) if cut != text else (finish, text)
+        finish, tokens = ("length" if generation.finish_reason == "length" else "stop"), generation.tokens
+        if budget < self.max_new_tokens and (cut := self._cut_to(text, budget)) != text:
+            text, finish, tokens = cut, "length", budget
         text, stopped = _cut_at_stop(text, stop)
         finish = "stop" if stopped else finish
-        message = AIMessage(content=text, **self._message_fields(prompt_tokens, text, finish))
+        message = AIMessage(content=text, **self._message_fields(prompt_tokens, tokens, finish))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
@@ -311,17 +310,18 @@ class LocalUpstream(BaseChatModel):
                     sent = ready
                 if done:
                     break
-            if not done:
-                generation = job.future.result()
-                _answer(generation)  # raises when the model could not answer
-                finish = "length" if generation.finish_reason == "length" else "stop"
-                text = self._so_far(raw, budget, stop)[0].rstrip()
-                if len(text) > len(sent):
-                    yield self._delta(text[len(sent) :], run_manager)
-                    sent = text
         finally:
-            job.cancelled.set()
-        fields = self._message_fields(prompt.tokens, sent, finish)
+            job.cancelled.set()  # a stop string or the call's budget ends the generation here
+        generation = job.future.result()
+        if not done:
+            _answer(generation)  # raises when the model could not answer
+            finish = "length" if generation.finish_reason == "length" else "stop"
+            text = self._so_far(raw, budget, stop)[0].rstrip()
+            if len(text) > len(sent):
+                yield self._delta(text[len(sent) :], run_manager)
+                sent = text
+        tokens = budget if finish == "length" and budget < self.max_new_tokens else generation.tokens
+        fields = self._message_fields(prompt.tokens, tokens, finish)
         yield ChatGenerationChunk(message=AIMessageChunk(content="", chunk_position="last", **fields))
 
     def _so_far(self, raw: str, budget: int, stop: list[str] | None) -> tuple[str, str, bool]:
