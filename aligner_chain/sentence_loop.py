@@ -8,7 +8,9 @@ A :class:`SentenceLoop` owns the rules every front end shares (the runnable, ``w
   corrected answer so far; code blocks, tables, rules and blank lines pass through as written;
 * what comes back: :func:`~aligner_chain.backends.base.classify` at sentence level (an empty revision
   drops the sentence); a skipped or failed sentence stays as written and is flagged
-  (``on_failure="raise"`` raises instead), its marker, indentation and trailing whitespace are kept;
+  (``on_failure="raise"`` raises instead); a revision keeps the unit's marker and indentation. A
+  unit's trailing whitespace is held back until more text follows, so a dropped sentence leaves no
+  stray space or empty list item behind (:meth:`SentenceLoop.finish` gives what is left at the end);
 * the answer's outcome: ``corrected`` when the text changed, else ``failed``/``skipped`` when a sentence
   was, else ``unchanged``; an answer whose every sentence was dropped fails (``"empty_correction"``)
   and keeps the original. The outcome's ``extra`` lists each sentence (``sentence``, ``status``,
@@ -67,6 +69,9 @@ class SentenceLoop:
         self._segmenter = StreamSegmenter(language)
         self._fed: list[str] = []
         self._out: list[str] = []
+        self._pending = ""  # whitespace after the last output, held until more text follows
+        self._last_dropped = False
+        self._finished = False
         self._broken: CorrectionResult | None = None  # the backend call raised: no more calls
         self.sentences: list[dict[str, Any]] = []
 
@@ -88,8 +93,26 @@ class SentenceLoop:
 
     @property
     def text(self) -> str:
-        """The corrected answer so far (every settled unit's output)."""
+        """The corrected answer so far (what was returned for every settled unit)."""
         return "".join(self._out)
+
+    def release_whitespace(self) -> str:
+        """The whitespace held back after the last output (to emit before text that bypasses the
+        loop)."""
+        pending, self._pending = self._pending, ""
+        self._out.append(pending)
+        return pending
+
+    def finish(self) -> str:
+        """The end of the corrected answer: the held whitespace, unless the last sentence was
+        dropped. Once; later calls return ``""``."""
+        if self._finished:
+            return ""
+        self._finished = True
+        tail = "" if self._last_dropped else self._pending
+        self._pending = ""
+        self._out.append(tail)
+        return tail
 
     @property
     def prefix(self) -> str:
@@ -111,8 +134,7 @@ class SentenceLoop:
             AlignerError: the sentence failed and ``on_failure="raise"``.
         """
         if result is None:
-            self._out.append(unit.text)
-            return unit.text
+            return self._place(unit, None)
         outcome = classify(unit.body, result, granularity="sentence")
         record: dict[str, Any] = {"sentence": unit.body, "status": outcome.status}
         if outcome.status == "corrected":
@@ -133,9 +155,31 @@ class SentenceLoop:
                 outcome.reason,
                 detail,
             )
-        output = _output(unit, outcome)
-        self._out.append(output)
-        return output
+        return self._place(unit, outcome.text if outcome.status == "corrected" else None)
+
+    def _place(self, unit: Unit, revision: str | None) -> str:
+        """What to emit now for ``unit`` (``revision=None``: as written): the held whitespace and the
+        unit's text; the unit's own trailing whitespace is held. A dropped sentence leaves its line's
+        marker when more of the line follows, its newline when it ended a line that began before it,
+        and nothing when it was the whole line."""
+        out = ""
+        if revision == "":
+            self._last_dropped = True
+            newline = "\n" in unit.trail
+            if unit.line_start and not newline and unit.lead.strip():
+                out, self._pending = self._pending + unit.lead, ""
+            elif not unit.line_start and newline:
+                self._pending = "\n"
+        else:
+            text = unit.text if revision is None else unit.lead + revision + unit.trail
+            body = text.rstrip()
+            if not body:  # a blank line: held with the rest of the whitespace
+                self._pending += text
+            else:
+                out, self._pending = self._pending + body, text[len(body) :]
+                self._last_dropped = False
+        self._out.append(out)
+        return out
 
     def correct(self, backend: AlignerBackend, unit: Unit) -> str:
         """Correct one unit now (a backend call for a prose unit) and return its output. Once a
@@ -184,7 +228,9 @@ class SentenceLoop:
     # -- the answer -------------------------------------------------------------------------------
 
     def outcome(self) -> Outcome:
-        """The answer's outcome; ``text`` is the corrected answer (the original when it failed)."""
+        """The answer's outcome (after :meth:`finish`); ``text`` is the corrected answer (the
+        original when it failed)."""
+        self.finish()
         original = self.original
         overall = classify(original, CorrectionResult.ok(self.text))
         if overall.status == "unchanged":
@@ -195,20 +241,6 @@ class SentenceLoop:
                     break
         extra = {"granularity": "sentence", "sentences": list(self.sentences)}
         return Outcome(overall.status, overall.text, overall.reason, overall.detail, extra)
-
-
-def _output(unit: Unit, outcome: Outcome) -> str:
-    """The unit's text in the corrected answer: the revision in the unit's marker and whitespace; a
-    dropped sentence leaves its line's marker when more of the line follows, its newline when it
-    ended a line that began before it, and nothing when it was the whole line."""
-    if outcome.status != "corrected":
-        return unit.text
-    if outcome.text:
-        return unit.lead + outcome.text + unit.trail
-    newline = "\n" in unit.trail
-    if unit.line_start:
-        return "" if newline else unit.lead
-    return "\n" if newline else ""
 
 
 def _single(results: Sequence[CorrectionResult]) -> CorrectionResult:

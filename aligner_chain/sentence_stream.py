@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 _TOOL_REASONS = ("tool_calls", "invalid_tool_calls", "tool_call_chunks")
 
+RELEASE = object()
+"""A step: the corrected text's held whitespace goes out now (before text that bypasses the loop)."""
+
 
 class SentenceStream:
     """One streamed answer through a sentence-level Aligner (see the module docstring).
@@ -80,6 +83,7 @@ class SentenceStream:
         self._id: str | None = None
         self._held: deque[Unit] = deque()  # completed units waiting for the question
         self._passing: str | None = None  # why the rest passes through (tool calls, skip)
+        self._flushed = False
         self._emitted = ""
 
     # -- steps: units to correct, or chunks ready to go --------------------------------------------
@@ -87,6 +91,8 @@ class SentenceStream:
     def take(self, chunk: Any) -> list[Unit | Any]:
         """Take one upstream chunk; the steps it makes ready, in order."""
         piece = chunk
+        if not isinstance(chunk, Mapping) and self._question is None:
+            self._question = ""  # a bare answer stream: the question is the config's or none
         if isinstance(chunk, Mapping):
             unknown = sorted(str(k) for k in chunk if k not in ("question", "answer", "history"))
             if unknown:
@@ -108,8 +114,12 @@ class SentenceStream:
             reason = skip_reason(piece)
             if reason in _TOOL_REASONS:
                 self._passing = reason
+                steps.append(RELEASE)
         if self._passing is not None:
-            steps.extend(self._release())  # what waited goes out as written
+            if not self._flushed:  # what waits goes out as written, then the rest as it comes
+                self._flushed = True
+                self._held.extend(self.loop.flush())
+                steps.extend(self._release())
             steps.append(self._raw(piece))
             return steps
         steps.extend(self._blocks(piece))
@@ -119,24 +129,32 @@ class SentenceStream:
         return steps
 
     def close(self) -> list[Unit | Any]:
-        """The upstream is done: the last steps (the final chunk comes from :meth:`final`)."""
+        """The upstream is done: the last steps (then :meth:`tail` and :meth:`final`)."""
         if self._question is None:
             self._question = ""
-        if self._passing is None:
+        if not self._flushed:
+            self._flushed = True
             self._held.extend(self.loop.flush())
         return self._release()
 
+    def tail(self) -> list[Any]:
+        """The end of the corrected text (held whitespace), once every step has run."""
+        text = self.loop.finish()
+        return [self.out(text)] if text and self._passing is None else []
+
     def _release(self) -> list[Unit | Any]:
-        if self._question is None:
+        if self._question is None and self._passing is None:
             return []
-        self.loop.question = fold_history(
-            self._question, normalize_history(self._history), self._aligner.history_turns
-        )
+        if self._question is not None:
+            self.loop.question = fold_history(
+                self._question, normalize_history(self._history), self._aligner.history_turns
+            )
         steps: list[Unit | Any] = []
         while self._held:
             unit = self._held.popleft()
             if self._passing is None and self._aligner.skip is not None and self._skipped():
                 self._passing = "skip_predicate"
+                steps.append(RELEASE)
             steps.append(self.out(unit.text) if self._passing else unit)
         return steps
 
@@ -256,16 +274,20 @@ def stream_sentences(stream: SentenceStream, chunks: Iterator[Any]) -> Iterator[
 
     def run(steps: list[Unit | Any]) -> Iterator[Any]:
         for step in steps:
+            text = None
             if isinstance(step, Unit):
                 text = stream.loop.correct(stream.backend, step)
-                if text:
-                    yield stream.out(text)
+            elif step is RELEASE:
+                text = stream.loop.release_whitespace()
             else:
                 yield step
+            if text:
+                yield stream.out(text)
 
     for chunk in chunks:
         yield from run(stream.take(chunk))
     yield from run(stream.close())
+    yield from stream.tail()
     yield from stream.final()
 
 
@@ -275,12 +297,15 @@ async def astream_sentences(stream: SentenceStream, chunks: AsyncIterator[Any]) 
     async def run(steps: list[Unit | Any]) -> list[Any]:
         out = []
         for step in steps:
+            text = None
             if isinstance(step, Unit):
                 text = await stream.loop.acorrect(stream.backend, step)
-                if text:
-                    out.append(stream.out(text))
+            elif step is RELEASE:
+                text = stream.loop.release_whitespace()
             else:
                 out.append(step)
+            if text:
+                out.append(stream.out(text))
         return out
 
     async for chunk in chunks:
@@ -288,7 +313,7 @@ async def astream_sentences(stream: SentenceStream, chunks: AsyncIterator[Any]) 
             yield piece
     for piece in await run(stream.close()):
         yield piece
-    for piece in stream.final():
+    for piece in [*stream.tail(), *stream.final()]:
         yield piece
 
 

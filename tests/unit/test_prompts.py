@@ -116,7 +116,8 @@ def test_stream_aligner_template_is_sentence_level_and_renders_the_published_for
     assert template.granularity == "sentence"
     assert get_template("aligner-v1").granularity == "answer"
     assert format_prompt("Q?", "Second one.", "stream-aligner", prefix="First one.") == (
-        "##Question: Q? | ##Answer_Prefix: First one. | ##Answer_Last_Sentence: Second one. | ##Your_Revision:"
+        "##Question: Q? | ##Answer_Prefix: First one. | "
+        "##Answer_Last_Sentence: Second one. | ##Your_Revision:"
     )
     assert format_prompt("Q?", "First.", template, prefix="") == (
         "##Question: Q? | ##Answer_Prefix:  | ##Answer_Last_Sentence: First. | ##Your_Revision:"
@@ -136,7 +137,7 @@ def test_custom_sentence_templates_are_validated_by_their_own_fields():
     assert custom.format("q", "s", "p") == "Q: q\nSo far: p\nNext: s\nRevised:"
     with pytest.raises(ValueError, match="missing \\{prefix\\}"):
         get_template("{question} {sentence} Revised:")
-    with pytest.raises(ValueError, match="unknown field.*sentence-level"):
+    with pytest.raises(ValueError, match=r"unknown field.*sentence-level"):
         get_template("{question} {prefix} {sentence} {answer} Revised:")
 
 

@@ -191,7 +191,7 @@ _SENTENCES = [
     "The Nobel laureate Dr. A. B. Smith Jr. spoke. Everyone listened.",
     "Call `a.b()`. Then `c. D` ok.",
     "Price is $3.50 (approx.). Fine.",
-    "‘Single’ quotes. «Guillemets» here. (Parens.) Next.",
+    "\u2018Single\u2019 quotes. \u00abGuillemets\u00bb here. (Parens.) Next.",
 ]
 _BLOCKS = [
     lambda r: " ".join(r.sample(_SENTENCES, r.randint(1, 3))) + "\n",
