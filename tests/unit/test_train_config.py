@@ -28,7 +28,7 @@ def _config(*argv: str) -> TrainConfig:
 
 def test_defaults_follow_the_issue() -> None:
     config = TrainConfig(data="d.jsonl", base_model="b", output_dir="o")
-    assert (config.template, config.identity_fraction, config.epochs, config.max_length) == (
+    assert (config.resolved_template.name, config.identity_fraction, config.epochs, config.max_length) == (
         "aligner-v1",
         0.1,
         3.0,

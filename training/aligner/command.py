@@ -21,6 +21,13 @@ directory holds the LoRA adapter (its base model recorded) or, with --full or --
 plus the tokenizer and aligner_config.json (the template), so inference loads it directly:
 AlignerRunnable(model=OUTPUT_DIR) or `aligner-chain correct --model OUTPUT_DIR`.
 
+--granularity sentence trains a sentence-level Aligner (Stream Aligner style: question, corrected
+answer so far, next sentence -> that sentence's revision, empty to drop it), used by AlignerRunnable,
+with_aligner and AlignedChatModel to correct each sentence while the upstream streams. Its rows come
+from the same question/answer/correction data, the answer's sentences aligned with the correction's
+(kept, rewritten, dropped, inserted: training/aligner/sentences.py), or from explicit question,
+prefix, sentence and revision columns; the warm-up copies sentences.
+
 --config takes a YAML recipe (a file, or the name of one shipped in training/aligner/recipes: paper-full,
 lora-2b, lora-7b, tiny-cpu); flags given on the command line override the recipe's values.
 Several GPUs: run the same command under `accelerate launch` (configs in training/aligner/accelerate/).
@@ -40,12 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument(
         "--data",
         help="training rows: .jsonl, .json (a list), .csv, a datasets save_to_disk directory or a hub "
-        "dataset id, with question, answer and correction columns",
+        "dataset id, with question, answer and correction columns (with --granularity sentence also: "
+        "question, prefix, sentence and revision)",
     )
     io.add_argument(
         "--column-map",
         metavar="FIELD=COLUMN,...",
-        help="other column names, e.g. question=prompt,answer=response,correction=revision",
+        help="other column names, e.g. question=prompt,answer=response,correction=revision (sentence rows: "
+        "prefix=..., sentence=..., revision=...)",
     )
     io.add_argument("--split", help="split of a hub dataset or saved DatasetDict (default: train)")
     io.add_argument("--base-model", help="base causal LM to fine-tune: hub id or local directory")
@@ -56,8 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     io.add_argument(
         "--template",
-        help="prompt template name (aligner-v1, aligner-general, ...) or a string with {question} and "
-        "{answer}; saved with the model and used at inference (default: aligner-v1)",
+        help="prompt template name (aligner-v1, aligner-general, stream-aligner, ...) or a string with "
+        "{question} and {answer} ({question}, {prefix} and {sentence} at sentence level); saved with the "
+        "model and used at inference (default: aligner-v1, or stream-aligner with --granularity sentence)",
+    )
+    io.add_argument(
+        "--granularity",
+        choices=["answer", "sentence"],
+        help="what the Aligner corrects: whole answers, or one sentence after the corrected answer so far "
+        "(saved in aligner_config.json; default: answer)",
     )
     io.add_argument(
         "--config",

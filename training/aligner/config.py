@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from aligner_chain.prompts import DEFAULT_TEMPLATE, get_template
+from aligner_chain.prompts import GRANULARITIES, AlignerTemplate, Granularity, default_template, get_template
 
 __all__ = ["DEFAULT_LR_FULL", "DEFAULT_LR_LORA", "TrainConfig"]
 
@@ -22,13 +22,16 @@ class TrainConfig:
     ``identity_fraction`` is a float share of the rows or an int row count for the warm-up stage;
     ``0`` skips it. ``learning_rate=None`` picks 2e-4 for LoRA and 2e-5 for full fine-tuning.
     ``bf16=None`` turns bf16 on when a CUDA device supports it. ``max_steps`` caps each stage
-    (``-1``: run the epochs).
+    (``-1``: run the epochs). ``granularity="sentence"`` trains a sentence-level Aligner (rows built
+    by :mod:`training.aligner.sentences`); ``template=None`` is the granularity's default template
+    (``aligner-v1``, or ``stream-aligner`` at sentence level).
     """
 
     data: str
     base_model: str
     output_dir: str
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None
+    granularity: Granularity = "answer"
     identity_fraction: float | int = 0.1
     columns: dict[str, str] | None = None
     split: str = "train"
@@ -74,6 +77,11 @@ class TrainConfig:
         return "full" if self.full else ("qlora" if self.qlora else "lora")
 
     @property
+    def resolved_template(self) -> AlignerTemplate:
+        """The template: as given, else the granularity's default."""
+        return get_template(self.template or default_template(self.granularity))
+
+    @property
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
@@ -88,7 +96,16 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (str, Path)) or not str(value):
                 raise ValueError(f"{name} is required (a non-empty path or id), got {value!r}")
-        get_template(self.template)
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
+        template = self.resolved_template
+        if template.granularity != self.granularity:
+            kind = "whole answers" if template.granularity == "answer" else "one sentence at a time"
+            raise ValueError(
+                f"template {template.to_json()!r} corrects {kind} but granularity is {self.granularity!r}; "
+                "pass a template of that kind (stream-aligner at sentence level, aligner-v1 for whole "
+                "answers) or leave the template out"
+            )
         positive = {
             "batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,

@@ -2,8 +2,8 @@
 
 Loading (JSON list, JSONL, CSV, a ``save_to_disk`` directory or a hub dataset id), the identity
 warm-up set, and tokenized prompt + completion rows with the loss on the completion only. Prompts are
-rendered by :func:`aligner_chain.prompts.format_prompt` and encoded by
-:mod:`aligner_chain.tokenization`, exactly as inference does.
+rendered by the template (:mod:`aligner_chain.prompts`) and encoded by
+:mod:`aligner_chain.tokenization`, exactly as inference does. Sentence-level rows: :mod:`.sentences`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aligner_chain.prompts import AlignerTemplate, format_completion, format_prompt, get_template
+from aligner_chain.prompts import AlignerTemplate, format_completion, get_template
 from aligner_chain.tokenization import encode_completion, encode_prompt
 from training.common.records import read_located_records
 
@@ -28,6 +28,7 @@ __all__ = [
     "CorrectionData",
     "CorrectionRow",
     "TokenizedRows",
+    "TrainingRow",
     "identity_rows",
     "load_correction_data",
     "resolve_identity_count",
@@ -49,6 +50,17 @@ class CorrectionRow:
     question: str
     answer: str
     correction: str
+
+    def render(self, template: AlignerTemplate) -> tuple[str, str]:
+        """``(prompt, target)`` in a whole-answer template."""
+        return template.format(self.question, self.answer), self.correction
+
+
+class TrainingRow(Protocol):
+    """A row the trainer tokenizes: a whole-answer :class:`CorrectionRow` or a sentence-level
+    :class:`~training.aligner.sentences.SentenceRow`."""
+
+    def render(self, template: AlignerTemplate) -> tuple[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -198,7 +210,7 @@ def identity_rows(
 
 
 def tokenize_rows(
-    rows: Sequence[CorrectionRow],
+    rows: Sequence[TrainingRow],
     tokenizer: Any,
     *,
     template: str | AlignerTemplate = "aligner-v1",
@@ -206,8 +218,9 @@ def tokenize_rows(
 ) -> TokenizedRows:
     """Prompt + completion features: ``input_ids`` and ``labels`` (``-100`` on the prompt).
 
-    The prompt is ``format_prompt(question, answer, template)``, the completion
-    ``format_completion(correction)`` + EOS, encoded by ``encode_prompt``/``encode_completion``.
+    The prompt is the row rendered in ``template`` (``question`` and ``answer``, or at sentence level
+    ``question``, ``prefix`` and ``sentence``), the completion ``format_completion(target)`` + EOS,
+    encoded by ``encode_prompt``/``encode_completion``.
     Rows longer than ``max_length`` tokens are dropped and counted, never truncated.
 
     Raises:
@@ -220,8 +233,8 @@ def tokenize_rows(
     too_long = 0
     mismatches = 0
     for row in rows:
-        prompt = format_prompt(row.question, row.answer, resolved)
-        completion = format_completion(row.correction)
+        prompt, target = row.render(resolved)
+        completion = format_completion(target)
         prompt_ids = encode_prompt(tokenizer, prompt)
         joint = encode_prompt(tokenizer, prompt + completion)
         if joint[: len(prompt_ids)] != prompt_ids:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from training.aligner.config import TrainConfig
-from training.aligner.data import CorrectionRow
 
 __all__ = ["FINGERPRINT_NAME", "check_resume", "checkpoints_dir", "run_fingerprint", "save_fingerprint"]
 
@@ -32,12 +31,12 @@ def checkpoints_dir(output_dir: str | Path) -> Path:
 
 
 def run_fingerprint(
-    config: TrainConfig, *, base_model: str, template: str, rows: Sequence[CorrectionRow]
+    config: TrainConfig, *, base_model: str, template: str, rows: Sequence[Any]
 ) -> dict[str, Any]:
     """What a run is: a resume must match every value (epochs, steps and learning rate may change)."""
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps(astuple(row), ensure_ascii=False).encode("utf-8") + b"\n")
+        digest.update(json.dumps(astuple(row), ensure_ascii=False).encode("utf-8") + b"\n")  # a dataclass row
     lora = None if config.full else [config.lora_r, config.lora_alpha, config.lora_target_modules]
     return {
         "data": f"{len(rows)} rows, sha256 {digest.hexdigest()[:16]} ({config.data})",

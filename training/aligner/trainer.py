@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,16 +35,16 @@ from typing import TYPE_CHECKING, Any
 from aligner_chain.aligner_config import AlignerConfig, save_aligner_config
 from aligner_chain.backends.availability import check_source
 from aligner_chain.backends.devices import accelerator_present, bf16_supported, resolve_dtype
-from aligner_chain.prompts import get_template
 from training.aligner.config import TrainConfig
 from training.aligner.data import (
-    CorrectionRow,
+    TrainingRow,
     identity_rows,
     load_correction_data,
     to_dataset,
     tokenize_rows,
 )
 from training.aligner.run_state import check_resume, checkpoints_dir, run_fingerprint, save_fingerprint
+from training.aligner.sentences import identity_sentence_rows, load_sentence_data
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, TrainerCallback
@@ -220,7 +221,7 @@ def _run_stage(
     config: TrainConfig,
     *,
     name: str,
-    rows: list[CorrectionRow],
+    rows: Sequence[TrainingRow],
     tokenizer: Any,
     base: str,
     init_from: Path | None,
@@ -232,7 +233,7 @@ def _run_stage(
     from trl import SFTTrainer
 
     stage_dir = checkpoints_dir(config.output_dir) / name
-    features = tokenize_rows(rows, tokenizer, template=config.template, max_length=config.max_length)
+    features = tokenize_rows(rows, tokenizer, template=config.resolved_template, max_length=config.max_length)
     if not len(features):
         raise ValueError(
             f"stage {name!r}: all {len(rows)} rows are longer than max_length={config.max_length} tokens; "
@@ -296,6 +297,17 @@ def _merge_adapter(config: TrainConfig, base: str, adapter_dir: Path, output_dir
     merged.save_pretrained(str(output_dir), safe_serialization=True)
 
 
+def _rows(config: TrainConfig) -> tuple[Sequence[TrainingRow], Sequence[TrainingRow], dict[str, Any]]:
+    """``(rows, warm-up rows, facts about the data)`` for the run's granularity."""
+    if config.granularity == "sentence":
+        sentences = load_sentence_data(config.data, columns=config.columns, split=config.split)
+        warmup = identity_sentence_rows(sentences.rows, config.identity_fraction, seed=config.seed)
+        return sentences.rows, warmup, {"sentence_rows": sentences.counts}
+    data = load_correction_data(config.data, columns=config.columns, split=config.split)
+    warmup_rows = identity_rows(data.rows, config.identity_fraction, seed=config.seed)
+    return data.rows, warmup_rows, {"dropped_rows": data.dropped}
+
+
 def train_aligner(config: TrainConfig) -> TrainResult:
     """Train an Aligner as ``config`` says; ``result.output_dir`` is what inference loads, and
     ``result.stages`` says what each stage did.
@@ -312,7 +324,7 @@ def train_aligner(config: TrainConfig) -> TrainResult:
     config.validate()
     if config.qlora:
         _check_qlora()
-    template = get_template(config.template)
+    template = config.resolved_template
     output_dir = Path(config.output_dir)
     checkpoints = checkpoints_dir(output_dir)
     if not config.resume and checkpoints.is_dir() and any(checkpoints.iterdir()):
@@ -321,10 +333,10 @@ def train_aligner(config: TrainConfig) -> TrainResult:
             "continue that run, or choose a new output_dir"
         )
     set_seed(config.seed)
+    rows, warmup, data_facts = _rows(config)  # bad data is said before any model is looked for
     base = _resolve_base(config.base_model)
-    data = load_correction_data(config.data, columns=config.columns, split=config.split)
     check_source(base, field="base_model")  # missing, empty, pickle-only or corrupt: said at once
-    fingerprint = run_fingerprint(config, base_model=base, template=template.to_json(), rows=data.rows)
+    fingerprint = run_fingerprint(config, base_model=base, template=template.to_json(), rows=rows)
     if config.resume:
         check_resume(checkpoints, fingerprint)
     if _is_main_process():
@@ -332,9 +344,8 @@ def train_aligner(config: TrainConfig) -> TrainResult:
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    warmup = identity_rows(data.rows, config.identity_fraction, seed=config.seed)
-    stages: list[tuple[str, list[CorrectionRow]]] = [("warmup", warmup)] if warmup else []
-    stages.append(("residual", data.rows))
+    stages: list[tuple[str, Sequence[TrainingRow]]] = [("warmup", warmup)] if warmup else []
+    stages.append(("residual", rows))
     result = TrainResult(output_dir=output_dir, method=config.method)
     init_from: Path | None = None
     trainer: Any = None
@@ -369,8 +380,8 @@ def train_aligner(config: TrainConfig) -> TrainResult:
             "method": config.method,
             "merged": merged,
             "data": str(config.data),
-            "rows": len(data.rows),
-            "dropped_rows": data.dropped,
+            "rows": len(rows),
+            **data_facts,
             "identity_rows": len(warmup),
             "stages": [asdict(s) for s in result.stages],
             "training": {
@@ -380,7 +391,10 @@ def train_aligner(config: TrainConfig) -> TrainResult:
             },
         }
         save_aligner_config(
-            output_dir, AlignerConfig(template=template.to_json(), base_model=base, extra=facts)
+            output_dir,
+            AlignerConfig(
+                template=template.to_json(), base_model=base, extra=facts, granularity=config.granularity
+            ),
         )
         logger.info("saved the Aligner to %s (%s)", output_dir, "merged model" if merged else "LoRA adapter")
     trainer.accelerator.wait_for_everyone()
