@@ -46,6 +46,26 @@ def trained_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "aligner"
 
 
+@pytest.fixture(scope="session")
+def trained_sentence_aligner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sentence-level Aligner trained through `aligner-chain train --granularity sentence` on the
+    multi-sentence synthetic task (tiny-cpu recipe, 10 epochs: about 700 steps of short rows; 98% of
+    held-out answers exactly right after 7 epochs, 100% after 10 on 2 cores). train.jsonl and the base
+    model lie next to it."""
+    from aligner_chain.cli import main as cli
+    from training.demo.synthetic import make_multi_sentence_task, write_jsonl
+    from training.demo.tiny_model import build_tiny_model
+
+    out = tmp_path_factory.mktemp("trained-sentence-aligner")
+    task = make_multi_sentence_task()
+    data = write_jsonl(task.train, out / "train.jsonl")
+    base = build_tiny_model(out / "base", task.corpus(template="stream-aligner"))
+    command = ["train", "--config", "tiny-cpu", "--granularity", "sentence", "--epochs", "10"]
+    command += ["--data", str(data), "--base-model", str(base), "--output-dir", str(out / "aligner")]
+    assert cli([*command, "--no-progress"]) == 0
+    return out / "aligner"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
         import torch

@@ -142,6 +142,6 @@ def test_the_multi_sentence_task_fixes_only_the_wrong_sentences() -> None:
         _, counts = align_sentences(row.answer, row.correction)
         assert counts["inserted"] == 0
         assert counts["dropped"] == row.answer.count(HEDGE)
-        assert 2 <= counts["kept"] + counts["rewritten"] <= 4
+        assert 2 <= counts["kept"] + counts["rewritten"] <= 3
     shares = [align_sentences(r.answer, r.correction)[1]["rewritten"] > 0 for r in task.train]
-    assert 0.4 < sum(shares) / len(shares) < 0.9  # many answers have a wrong sentence, not all
+    assert 0.5 < sum(shares) / len(shares) < 0.9  # most answers have a wrong sentence, not all

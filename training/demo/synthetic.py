@@ -182,8 +182,8 @@ def make_multi_sentence_task(
     *,
     n_train: int = 400,
     n_held_out: int = 60,
-    sentences: tuple[int, int] = (2, 4),
-    wrong_share: float = 0.35,
+    sentences: tuple[int, int] = (2, 3),
+    wrong_share: float = 0.5,
     hedge_share: float = 0.15,
     seed: int = 0,
 ) -> SyntheticTask:
