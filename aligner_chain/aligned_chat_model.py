@@ -14,7 +14,7 @@ with ``response_format`` are the upstream's own.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -34,6 +34,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.constants import TAG_NOSTREAM
 from pydantic import ConfigDict, Field
 
+from aligner_chain.aligned_batch import acorrect_batch, correct_batch
 from aligner_chain.aligned_streaming import astream_whole, stream_whole
 from aligner_chain.arguments import check_keywords
 from aligner_chain.messages import ALIGNER_KEY, aligner_metadata, question_and_history, with_metadata
@@ -385,15 +386,6 @@ class AlignedChatModel(BaseChatModel):
             self._abatch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
 
-    def _prepare_batch(
-        self, inputs: list[LanguageModelInput], config: list[RunnableConfig], kwargs: dict[str, Any]
-    ) -> tuple[list[list[BaseMessage]], Runnable[Any, Any], dict[str, Any], bool, list[RunnableConfig]]:
-        conversations = [self._convert_input(value).to_messages() for value in inputs]
-        stop = kwargs.pop("stop", None)
-        runnable, call, structured = self._upstream_call(stop, kwargs)
-        configs = [cast(RunnableConfig, {**c, "tags": [*c.get("tags", []), TAG_NOSTREAM]}) for c in config]
-        return conversations, runnable, call, structured, configs
-
     def _batch(
         self,
         inputs: list[LanguageModelInput],
@@ -401,15 +393,7 @@ class AlignedChatModel(BaseChatModel):
         config: list[RunnableConfig],
         **kwargs: Any,
     ) -> list[AIMessage | Exception]:
-        conversations, runnable, call, structured, configs = self._prepare_batch(inputs, config, kwargs)
-        answers = runnable.batch(conversations, configs, return_exceptions=True, **call)
-        plan = _Plan(self, conversations, answers, structured)
-        if plan.todo:
-            corrected = self.aligner.batch(
-                plan.aligner_inputs(), plan.configs(configs), return_exceptions=True
-            )
-            plan.put(corrected)
-        return plan.outputs
+        return correct_batch(self, inputs, config, kwargs)
 
     async def _abatch(
         self,
@@ -418,50 +402,7 @@ class AlignedChatModel(BaseChatModel):
         config: list[RunnableConfig],
         **kwargs: Any,
     ) -> list[AIMessage | Exception]:
-        conversations, runnable, call, structured, configs = self._prepare_batch(inputs, config, kwargs)
-        answers = await runnable.abatch(conversations, configs, return_exceptions=True, **call)
-        plan = _Plan(self, conversations, answers, structured)
-        if plan.todo:
-            corrected = await self.aligner.abatch(
-                plan.aligner_inputs(), plan.configs(configs), return_exceptions=True
-            )
-            plan.put(corrected)
-        return plan.outputs
-
-
-class _Plan:
-    """A batch's upstream answers and which of them go to the Aligner."""
-
-    def __init__(
-        self,
-        model: AlignedChatModel,
-        conversations: list[list[BaseMessage]],
-        answers: list[Any],
-        structured: bool,
-    ) -> None:
-        self.conversations = conversations
-        self.outputs: list[AIMessage | Exception] = []
-        self.todo: list[int] = []
-        for i, answer in enumerate(answers):
-            if isinstance(answer, AIMessage) and structured:
-                answer = model._structured(answer)
-            elif isinstance(answer, AIMessage) and not (answer.tool_calls or answer.invalid_tool_calls):
-                self.todo.append(i)
-            self.outputs.append(answer)
-
-    def aligner_inputs(self) -> list[dict[str, Any]]:
-        inputs = []
-        for i in self.todo:
-            question, history = question_and_history(self.conversations[i])
-            inputs.append({"question": question, "history": history, "answer": self.outputs[i]})
-        return inputs
-
-    def configs(self, configs: list[RunnableConfig]) -> list[RunnableConfig]:
-        return [configs[i] for i in self.todo]
-
-    def put(self, corrected: list[Any]) -> None:
-        for i, out in zip(self.todo, corrected, strict=True):
-            self.outputs[i] = out
+        return await acorrect_batch(self, inputs, config, kwargs)
 
 
 def _result(message: AIMessage) -> ChatResult:

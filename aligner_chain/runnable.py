@@ -75,6 +75,12 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
     chunks and emit the correction once it is complete (a failed correction never leaks half-way); the
     aligner metadata rides on exactly one chunk. For token-by-token streaming of the Aligner's own
     generation use :class:`~aligner_chain.chat_model.ChatAligner`.
+
+    A sentence-level Aligner (``granularity="sentence"`` in its ``aligner_config.json``, or a
+    sentence-level ``template``) corrects each sentence after the corrected prefix
+    (:mod:`aligner_chain.sentence_stream`): ``stream``/``transform`` emit each sentence as soon as the
+    upstream has written it, ``invoke``/``batch`` run the same loop (one backend call per sentence
+    round), and the metadata adds ``granularity`` and each sentence's outcome (``sentences``).
     """
 
     on_failure: OnFailure = "passthrough"
@@ -154,8 +160,9 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
     def _streamed_draft(
         self, answer: AIMessage, question: str, history: Any, config: RunnableConfig | None
     ) -> Draft | None:
-        """The draft to stream as a chat model run, or ``None`` for a plain traced call."""
-        if not is_streaming(config):
+        """The draft to stream as a chat model run, or ``None`` for a plain traced call (also for a
+        sentence-level Aligner, which corrects a finished answer in sentence rounds)."""
+        if not is_streaming(config) or self._sentence_level():
             return None
         draft = make_draft(answer, question, history, self)
         return draft if draft.skip is None else None  # a skip answers at once: nothing to stream
@@ -241,7 +248,8 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
     def transform(
         self, input: Iterator[Any], config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        """Buffer the upstream chunks, correct the whole answer, then emit it as chunks."""
+        """Buffer the upstream chunks, correct the whole answer, then emit it as chunks; with a
+        sentence-level Aligner, correct and emit each sentence as soon as it is complete."""
         yield from self._transform_stream_with_config(input, self._transform, config, **kwargs)
 
     async def atransform(
