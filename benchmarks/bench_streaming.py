@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
@@ -40,20 +39,17 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without an install
     sys.path.insert(0, str(REPO_ROOT))
-BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
 
-from bench_backend import machine_info, machine_slug, percentile  # noqa: E402
 from langchain_core.callbacks import CallbackManagerForLLMRun  # noqa: E402
 from langchain_core.language_models import BaseChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage  # noqa: E402
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult  # noqa: E402
 
+from benchmarks.report import DEFAULT_OUTPUT_DIR, machine_info, percentile, write_report  # noqa: E402
+
 __all__ = ["TimedUpstream", "main", "parse_args", "run_benchmark"]
 
 SCHEMA_VERSION = 1
-DEFAULT_RESULTS_DIR = BENCH_DIR / "results" / "local"  # git-ignored
 MODES = (
     ("with_aligner, whole-answer Aligner (today)", "chain", "answer"),
     ("AlignedChatModel, whole-answer Aligner", "model", "answer"),
@@ -78,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, the tiny model)")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="longest correction (default: 160)")
     parser.add_argument(
-        "--output", help=f"JSON file (default: {DEFAULT_RESULTS_DIR}/streaming-<machine>-<time>.json)"
+        "--output",
+        type=Path,
+        help=f"JSON file (default: {DEFAULT_OUTPUT_DIR}/streaming-<machine>-<time>.json)",
     )
     args = parser.parse_args(argv)
     for name in ("rate",):
@@ -259,6 +257,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "output"},
+            "output": str(args.output) if args.output else None,
             "whole_model": str(whole_dir),
             "sentence_model": str(sentence_dir),
             "answers_streamed": len(held_out),
@@ -328,15 +327,10 @@ def render(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = dt.datetime.now(dt.timezone.utc)
     report = run_benchmark(args)
     print(render(report))
-    if args.output:
-        output = Path(args.output)
-    else:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        output = DEFAULT_RESULTS_DIR / f"streaming-{machine_slug(report['machine'])}-{stamp}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = write_report(report, args.output, "streaming", started)
     print(f"\nwrote {output}")
     return 0
 
