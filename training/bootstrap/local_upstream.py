@@ -223,19 +223,17 @@ class LocalUpstream(BaseChatModel):
             cut: str = self._counter.decode(ids[:budget], skip_special_tokens=True)
         return cut
 
-    def _generate_batch(self, batch: list[list[BaseMessage]]) -> list[str]:
-        """Answer several conversations (one request each to the model's worker)."""
-        return [_answer(generation) for generation, _ in self._submit(batch)]
-
-    def _submit(self, batch: list[list[BaseMessage]]) -> list[tuple[Generation, int]]:
+    def _generate_batch(self, batch: list[list[BaseMessage]]) -> list[_Answered]:
+        """Answer several conversations (one request each to the model's worker; raises when the
+        model could not answer one)."""
         engine, fmt = self._loaded()
         prompts = [_Prompt(fmt, messages) for messages in batch]
         generations = engine.submit([GenerationRequest(prompt) for prompt in prompts]).result()
-        return [(generation, prompt.tokens) for generation, prompt in zip(generations, prompts, strict=True)]
+        return [_Answered(_answer(g), g, p.tokens) for g, p in zip(generations, prompts, strict=True)]
 
     def answer_batch(self, questions: list[str]) -> list[str]:
         """Answer several questions in one batched ``generate`` (no LangChain run)."""
-        return self._generate_batch([[HumanMessage(q)] for q in questions])
+        return [answered.text for answered in self._generate_batch([[HumanMessage(q)] for q in questions])]
 
     def _budget(self, kwargs: dict[str, Any]) -> int:
         """The call's token budget; checks the call arguments."""
@@ -278,8 +276,8 @@ class LocalUpstream(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         budget = self._budget(kwargs)
-        ((generation, prompt_tokens),) = self._submit([list(messages)])
-        text = _answer(generation)
+        (answered,) = self._generate_batch([list(messages)])
+        text, generation, prompt_tokens = answered.text, answered.generation, answered.prompt_tokens
         finish, tokens = ("length" if generation.finish_reason == "length" else "stop"), generation.tokens
         if budget < self.max_new_tokens and (cut := self._cut_to(text, budget)) != text:
             text, finish, tokens = cut, "length", budget
@@ -338,6 +336,15 @@ class LocalUpstream(BaseChatModel):
         if run_manager:
             run_manager.on_llm_new_token(text, chunk=chunk)
         return chunk
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """An answer's text, the generation it came from and its prompt's length in tokens."""
+
+    text: str
+    generation: Generation
+    prompt_tokens: int
 
 
 class _Prompt:
