@@ -13,11 +13,12 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langgraph.errors import GraphBubbleUp
 
-from aligner_chain.backends.base import CorrectionResult, classify
+from aligner_chain.backends.base import CorrectionResult, Outcome, classify
 from aligner_chain.correction import Draft, answer_after, make_draft
 from aligner_chain.errors import AlignerError, CorrectionFailed
 from aligner_chain.messages import ALIGNER_KEY, split_conversation
 from aligner_chain.options import AlignerOptions
+from aligner_chain.sentence_loop import SentenceLoop, acorrect_in_rounds, correct_in_rounds
 
 __all__ = ["ChatAligner"]
 
@@ -30,7 +31,9 @@ class ChatAligner(AlignerOptions, BaseChatModel):
     keeps its non-text blocks) and ``response_metadata["aligner"]`` holds ``status``
     (``"corrected"`` or ``"unchanged"``), ``original``, ``model`` and ``template``. Turns before the
     question are folded into it when ``history_turns > 0``. ``stream``/``astream`` yield the
-    correction token by token as the Aligner generates it (the metadata rides on the last chunk).
+    correction token by token as the Aligner generates it (the metadata rides on the last chunk); a
+    sentence-level Aligner corrects the answer sentence by sentence and streams each sentence once
+    corrected (the metadata adds ``granularity`` and each sentence's outcome).
 
     A chat model has no "keep the original" answer, so every case where no correction is made
     raises :class:`~aligner_chain.errors.CorrectionFailed` (an ``AlignerError``) with ``.reason``
@@ -64,10 +67,15 @@ class ChatAligner(AlignerOptions, BaseChatModel):
             raise CorrectionFailed(draft.skip, "this answer is not corrected", status="skipped")
         return draft
 
-    def _message(self, draft: Draft, text: str) -> AIMessage:
-        """The corrected answer as this model's output (its own run: no upstream usage or calls)."""
-        outcome = classify(draft.text, CorrectionResult.ok(text))
-        if outcome.status == "failed":
+    def _loop(self, draft: Draft) -> SentenceLoop:
+        return SentenceLoop(draft.question, model=self.describe_backend()[0])
+
+    def _message(self, draft: Draft, outcome: Outcome | Exception) -> AIMessage:
+        """The corrected answer as this model's output (its own run: no upstream usage or calls);
+        raises unless the answer was corrected or kept."""
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome.status in ("failed", "skipped"):
             raise outcome.error()
         model, template = self.describe_backend()
         after = answer_after(draft, outcome, model=model, template=template)
@@ -88,9 +96,13 @@ class ChatAligner(AlignerOptions, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         draft = self._draft(messages)
+        backend = self.get_backend()
         with _backend_errors():
-            (result,) = _one(self.get_backend().correct([draft.request()]))
-        return _chat_result(self._message(draft, result.text_or_raise()))
+            if backend.granularity == "sentence":
+                (outcome,) = correct_in_rounds(backend, [self._loop(draft)], [draft.text])
+                return _chat_result(self._message(draft, outcome))
+            (result,) = _one(backend.correct([draft.request()]))
+        return _chat_result(self._message(draft, _outcome(draft, result)))
 
     async def _agenerate(
         self,
@@ -100,9 +112,13 @@ class ChatAligner(AlignerOptions, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         draft = self._draft(messages)
+        backend = self.get_backend()
         with _backend_errors():
-            (result,) = _one(await self.get_backend().acorrect([draft.request()]))
-        return _chat_result(self._message(draft, result.text_or_raise()))
+            if backend.granularity == "sentence":
+                (outcome,) = await acorrect_in_rounds(backend, [self._loop(draft)], [draft.text])
+                return _chat_result(self._message(draft, outcome))
+            (result,) = _one(await backend.acorrect([draft.request()]))
+        return _chat_result(self._message(draft, _outcome(draft, result)))
 
     # --- stream -------------------------------------------------------------------------------------
 
@@ -117,12 +133,20 @@ class ChatAligner(AlignerOptions, BaseChatModel):
         if not isinstance(draft.message.content, str):  # content blocks: one chunk keeps their layout
             yield _as_chunk(self._generate(messages, stop).generations[0].message)
             return
-        parts: list[str] = []
+        backend = self.get_backend()
         with _backend_errors():
-            for delta in self.get_backend().stream(draft.request()):
+            if backend.granularity == "sentence":  # each sentence streams once corrected
+                loop = self._loop(draft)
+                for unit in [*loop.feed(draft.text), *loop.flush()]:
+                    if text := loop.correct(backend, unit):
+                        yield _delta_chunk(draft, text)
+                yield from self._closing(draft, loop)
+                return
+            parts: list[str] = []
+            for delta in backend.stream(draft.request()):
                 parts.append(delta)
                 yield _delta_chunk(draft, delta)
-        yield self._last_chunk(draft, "".join(parts))
+        yield self._last_chunk(draft, _outcome(draft, CorrectionResult.ok("".join(parts))))
 
     async def _astream(
         self,
@@ -135,18 +159,37 @@ class ChatAligner(AlignerOptions, BaseChatModel):
         if not isinstance(draft.message.content, str):
             yield _as_chunk((await self._agenerate(messages, stop)).generations[0].message)
             return
-        parts: list[str] = []
+        backend = self.get_backend()
         with _backend_errors():
-            async for delta in self.get_backend().astream(draft.request()):
+            if backend.granularity == "sentence":
+                loop = self._loop(draft)
+                for unit in [*loop.feed(draft.text), *loop.flush()]:
+                    if text := await loop.acorrect(backend, unit):
+                        yield _delta_chunk(draft, text)
+                for chunk in self._closing(draft, loop):
+                    yield chunk
+                return
+            parts: list[str] = []
+            async for delta in backend.astream(draft.request()):
                 parts.append(delta)
                 yield _delta_chunk(draft, delta)
-        yield self._last_chunk(draft, "".join(parts))
+        yield self._last_chunk(draft, _outcome(draft, CorrectionResult.ok("".join(parts))))
 
-    def _last_chunk(self, draft: Draft, text: str) -> ChatGenerationChunk:
-        """The closing chunk: no text, the ``aligner`` report (raises when the correction is empty)."""
-        meta = self._message(draft, text).response_metadata
+    def _closing(self, draft: Draft, loop: SentenceLoop) -> Iterator[ChatGenerationChunk]:
+        """A sentence loop's held-back text, then the closing chunk."""
+        if tail := loop.finish():
+            yield _delta_chunk(draft, tail)
+        yield self._last_chunk(draft, loop.outcome())
+
+    def _last_chunk(self, draft: Draft, outcome: Outcome) -> ChatGenerationChunk:
+        """The closing chunk: no text, the ``aligner`` report (raises unless corrected or kept)."""
+        meta = self._message(draft, outcome).response_metadata
         last = AIMessageChunk(content="", id=draft.message.id, response_metadata=meta, chunk_position="last")
         return ChatGenerationChunk(message=last)
+
+
+def _outcome(draft: Draft, result: CorrectionResult) -> Outcome:
+    return classify(draft.text, CorrectionResult.ok(result.text_or_raise()))
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Correcting a batch of rows with a backend, the same way in every engine (one process or Ray
-actors): empty answers are skipped without a model call, and a batch the backend could not run at
-all comes back as failed rows, never as a lost batch. :func:`check_aligner` makes sure the Aligner
+actors): empty answers are skipped without a model call, a sentence-level Aligner corrects each
+answer sentence by sentence, and a batch the backend could not run at all comes back as failed
+rows, never as a lost batch. :func:`check_aligner` makes sure the Aligner
 can be had before a long job starts."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 
 from langchain_core.messages import AIMessage
 
-from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult
+from aligner_chain.backends.base import AlignerBackend, CorrectionRequest, CorrectionResult, Outcome
 from aligner_chain.errors import AlignerError
 from aligner_chain.messages import skip_reason
 
@@ -45,6 +46,8 @@ def _empty(request: CorrectionRequest) -> bool:
 
 def _correct(backend: AlignerBackend, requests: list[CorrectionRequest]) -> list[CorrectionResult]:
     try:
+        if backend.granularity == "sentence":
+            return _by_sentence(backend, requests)
         results = backend.correct(requests)
     except Exception as err:  # the whole batch failed (e.g. the model could not be loaded)
         logger.warning("a batch of %d rows failed: %s: %s", len(requests), type(err).__name__, err)
@@ -54,6 +57,26 @@ def _correct(backend: AlignerBackend, requests: list[CorrectionRequest]) -> list
         detail = f"the backend returned {len(results)} results for {len(requests)} rows"
         return [CorrectionResult.failed("backend_error", detail) for _ in requests]
     return list(results)
+
+
+def _by_sentence(backend: AlignerBackend, requests: list[CorrectionRequest]) -> list[CorrectionResult]:
+    """Whole answers through a sentence-level Aligner: sentence by sentence after the corrected
+    prefix, one backend call per round (:func:`~aligner_chain.sentence_loop.correct_in_rounds`)."""
+    from aligner_chain.sentence_loop import SentenceLoop, correct_in_rounds
+
+    loops = [SentenceLoop(r.question, model=backend.model_name) for r in requests]
+    outcomes = correct_in_rounds(backend, loops, [r.answer for r in requests])
+    return [_as_result(r.answer, o) for r, o in zip(requests, outcomes, strict=True)]
+
+
+def _as_result(answer: str, outcome: Outcome | Exception) -> CorrectionResult:
+    if isinstance(outcome, Exception):
+        return CorrectionResult.failed("backend_error", f"{type(outcome).__name__}: {outcome}")
+    if outcome.status == "corrected":
+        return CorrectionResult.ok(outcome.text)
+    if outcome.status == "unchanged":
+        return CorrectionResult.ok(answer)
+    return CorrectionResult(outcome.status, reason=outcome.reason, detail=outcome.detail)
 
 
 def check_aligner(backend: AlignerBackend) -> None:

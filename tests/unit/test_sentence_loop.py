@@ -248,3 +248,54 @@ def pieces_sum(pieces: list[Any]) -> Any:
     for piece in pieces[1:]:
         total = total + piece
     return total
+
+
+def test_chat_aligner_corrects_sentence_by_sentence_and_streams_each_sentence() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from aligner_chain import ChatAligner
+
+    backend = Prefixes()
+    chat = ChatAligner(backend=backend)
+    conversation = [HumanMessage("Capital of Peru? 2 plus 3?"), AIMessage(ANSWER, id="a")]
+    message = chat.invoke(conversation)
+    assert message.text == FIXED and message.id == "a"
+    meta = message.response_metadata["aligner"]
+    assert meta["status"] == "corrected" and meta["granularity"] == "sentence" and len(meta["sentences"]) == 3
+    assert [r.prefix for r in backend.requests] == ["", "The capital of Peru is Lima.", FIXED]
+    chunks = list(chat.stream(conversation))
+    texts = [c.text for c in chunks if c.text]
+    assert len(texts) >= 2 and "".join(texts) == FIXED, "one chunk per corrected sentence"
+    assert chunks[-1].response_metadata["aligner"]["status"] == "corrected"
+
+
+async def test_chat_aligner_sentence_level_async_and_failure() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from aligner_chain import ChatAligner, CorrectionFailed
+
+    conversation = [HumanMessage("q"), AIMessage(ANSWER, id="a")]
+    assert (await ChatAligner(backend=Prefixes()).ainvoke(conversation)).text == FIXED
+    assert "".join([c.text async for c in ChatAligner(backend=Prefixes()).astream(conversation)]) == FIXED
+    broken = ChatAligner(backend=CallableBackend(lambda q, s, p: 1 / 0, granularity="sentence"))
+    with pytest.raises(CorrectionFailed) as info:
+        broken.invoke(conversation)
+    assert (info.value.status, info.value.reason) == ("failed", "backend_error")
+
+
+def test_offline_rows_are_corrected_sentence_by_sentence() -> None:
+    from aligner_chain.offline.corrections import correct_requests
+
+    requests = [
+        CorrectionRequest("q", ANSWER),
+        CorrectionRequest("q", "2 plus 3 is 5."),
+        CorrectionRequest("q", " "),
+    ]
+    results = correct_requests(Prefixes(), requests)
+    assert [(r.status, r.text, r.reason) for r in results] == [
+        ("ok", FIXED, None),
+        ("ok", "2 plus 3 is 5.", None),
+        ("skipped", None, "empty"),
+    ]
+    down = correct_requests(CallableBackend(lambda q, s, p: 1 / 0, granularity="sentence"), requests[:1])
+    assert (down[0].status, down[0].reason) == ("failed", "backend_error")
