@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage
 
-from aligner_chain.backends.base import CorrectionRequest, Outcome
+from aligner_chain.backends.base import CorrectionRequest, CorrectionResult, Outcome, classify
+from aligner_chain.errors import CorrectionFailed
 from aligner_chain.messages import (
     HistoryPair,
     aligner_metadata,
@@ -26,7 +27,7 @@ from aligner_chain.messages import (
 from aligner_chain.options import AlignerOptions
 from aligner_chain.prompts import fold_history
 
-__all__ = ["Draft", "answer_after", "make_draft"]
+__all__ = ["Draft", "answer_after", "make_draft", "outcome_of", "outcome_of_chat", "outcome_of_error"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,23 @@ def answer_after(draft: Draft, outcome: Outcome, *, model: str, template: str) -
     )
     message = replace_text(draft.message, outcome.text) if outcome.status == "corrected" else draft.message
     return with_metadata(message, meta)
+
+
+def outcome_of(draft: Draft, result: CorrectionResult | Outcome) -> Outcome:
+    """What a backend result means for the draft (an outcome passes as it is)."""
+    return result if isinstance(result, Outcome) else classify(draft.text, result)
+
+
+def outcome_of_error(draft: Draft, err: Exception) -> Outcome:
+    """The outcome of a correction that raised: its own status and reason, else a failure."""
+    if isinstance(err, CorrectionFailed):
+        return Outcome(err.status, draft.text, err.reason, err.detail)
+    return Outcome("failed", draft.text, getattr(err, "reason", None) or "backend_error", repr(err))
+
+
+def outcome_of_chat(draft: Draft, result: BaseMessage) -> Outcome:
+    """The outcome reported by a :class:`ChatAligner` run (its metadata says corrected or unchanged)."""
+    status = result.response_metadata.get("aligner", {}).get("status")
+    if status == "corrected":
+        return Outcome("corrected", message_text(result))
+    return Outcome("unchanged", draft.text)

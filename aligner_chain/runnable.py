@@ -9,7 +9,6 @@ node and the agent middleware.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,12 +18,20 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langgraph.errors import GraphBubbleUp
 from pydantic import PrivateAttr
 
-from aligner_chain.backends.base import CorrectionResult, Outcome, classify
-from aligner_chain.correction import Draft, answer_after, make_draft
-from aligner_chain.errors import AlignerError, CorrectionFailed
+from aligner_chain.backends.base import CorrectionResult, Outcome
+from aligner_chain.correction import (
+    Draft,
+    answer_after,
+    make_draft,
+    outcome_of,
+    outcome_of_chat,
+    outcome_of_error,
+)
+from aligner_chain.errors import AlignerError
 from aligner_chain.inputs import QUESTION_CONFIG_KEY, Item, parse_input
-from aligner_chain.messages import message_text, split_conversation
+from aligner_chain.messages import split_conversation
 from aligner_chain.options import AlignerOptions, OnFailure
+from aligner_chain.reporting import annotate_run, report_outcome
 from aligner_chain.sentence_stream import (
     SentenceStream,
     acorrect_drafts,
@@ -33,22 +40,11 @@ from aligner_chain.sentence_stream import (
     stream_sentences,
 )
 from aligner_chain.streaming import add_chunk, as_chunks, is_streaming
-from aligner_chain.tracing import annotate_run
 
 if TYPE_CHECKING:
     from aligner_chain.chat_model import ChatAligner
 
 __all__ = ["AlignerRunnable"]
-
-logger = logging.getLogger(__name__)
-
-# Skips not logged at all (nothing to correct), and skips that are by design (logged at INFO):
-# tool-calling turns are actions, and ``skip`` is the caller's own choice. Others (``too_long``)
-# are WARNINGs: an answer the caller wanted corrected was not.
-_QUIET_SKIPS = frozenset({"empty"})
-_CHOSEN_SKIPS = frozenset(
-    {"tool_calls", "invalid_tool_calls", "tool_call_chunks", "no_text_block", "skip_predicate"}
-)
 
 
 class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
@@ -138,8 +134,8 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
             raise
         except Exception as err:
-            return cast(AIMessage, self._finish(Item("message", draft), _outcome_of_error(draft, err), err))
-        return cast(AIMessage, self._finish(Item("message", draft), _outcome_of_chat(draft, result)))
+            return self._finish_chat(draft, err)
+        return self._finish_chat(draft, result)
 
     async def acorrect_final_answer(
         self, messages: Sequence[BaseMessage], config: RunnableConfig | None = None
@@ -154,8 +150,16 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         except GraphBubbleUp:  # interrupts and Command(graph=PARENT) belong to the graph
             raise
         except Exception as err:
-            return cast(AIMessage, self._finish(Item("message", draft), _outcome_of_error(draft, err), err))
-        return cast(AIMessage, self._finish(Item("message", draft), _outcome_of_chat(draft, result)))
+            return self._finish_chat(draft, err)
+        return self._finish_chat(draft, result)
+
+    def _finish_chat(self, draft: Draft, result: BaseMessage | Exception) -> AIMessage:
+        """The answer after a :class:`ChatAligner` run (its message, or what it raised)."""
+        if isinstance(result, Exception):
+            return cast(
+                AIMessage, self._finish(Item("message", draft), outcome_of_error(draft, result), result)
+            )
+        return cast(AIMessage, self._finish(Item("message", draft), outcome_of_chat(draft, result)))
 
     def _streamed_draft(
         self, answer: AIMessage, question: str, history: Any, config: RunnableConfig | None
@@ -371,11 +375,11 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
                 if item.draft.skip is not None:
                     outputs.append(self._finish(item, Outcome("skipped", item.draft.text, item.draft.skip)))
                 elif isinstance(results, Exception):
-                    outputs.append(self._finish(item, _outcome_of_error(item.draft, results), results))
+                    outputs.append(self._finish(item, outcome_of_error(item.draft, results), results))
                 elif isinstance(result := by_index[i], Exception):  # on_failure="raise", sentence level
                     outputs.append(result)
                 else:
-                    outputs.append(self._finish(item, _outcome_of(item.draft, result)))
+                    outputs.append(self._finish(item, outcome_of(item.draft, result)))
             except Exception as err:  # on_failure="raise": reported per item
                 outputs.append(err)
         return outputs
@@ -384,18 +388,13 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
         """The output for one item: the failure policy applied, the outcome logged and put on the
         traced run."""
         model, template = self.describe_backend()
-        annotate_run(item.run, outcome)
-        detail = f" ({outcome.detail})" if outcome.detail else ""
-        if outcome.status == "failed":
-            if self.on_failure == "raise":
-                message = f"the Aligner ({model}) failed: {outcome.reason}{detail}"
-                raise AlignerError(message) from (cause or outcome.error())
-            logger.warning(
-                "Aligner %s failed (%s), keeping the original answer%s", model, outcome.reason, detail
+        if outcome.status == "failed" and self.on_failure == "raise":
+            annotate_run(item.run, outcome)
+            detail = f" ({outcome.detail})" if outcome.detail else ""
+            raise AlignerError(f"the Aligner ({model}) failed: {outcome.reason}{detail}") from (
+                cause or outcome.error()
             )
-        elif outcome.status == "skipped" and outcome.reason not in _QUIET_SKIPS:
-            level = logging.INFO if outcome.reason in _CHOSEN_SKIPS else logging.WARNING
-            logger.log(level, "Aligner %s skipped an answer (%s)%s", model, outcome.reason, detail)
+        report_outcome(item.run, outcome, model)
         if item.kind == "str":
             return outcome.text
         return answer_after(item.draft, outcome, model=model, template=template)
@@ -407,24 +406,6 @@ class AlignerRunnable(AlignerOptions, RunnableSerializable[Any, Any]):
 def _todo(items: list[Item | Exception]) -> dict[int, Item]:
     """The items to send to the backend, by position."""
     return {i: item for i, item in enumerate(items) if isinstance(item, Item) and item.draft.skip is None}
-
-
-def _outcome_of(draft: Draft, result: CorrectionResult | Outcome) -> Outcome:
-    return result if isinstance(result, Outcome) else classify(draft.text, result)
-
-
-def _outcome_of_error(draft: Draft, err: Exception) -> Outcome:
-    if isinstance(err, CorrectionFailed):
-        return Outcome(err.status, draft.text, err.reason, err.detail)
-    return Outcome("failed", draft.text, getattr(err, "reason", None) or "backend_error", repr(err))
-
-
-def _outcome_of_chat(draft: Draft, result: BaseMessage) -> Outcome:
-    """The outcome reported by a :class:`ChatAligner` run (its metadata says corrected or unchanged)."""
-    status = result.response_metadata.get("aligner", {}).get("status")
-    if status == "corrected":
-        return Outcome("corrected", message_text(result))
-    return Outcome("unchanged", draft.text)
 
 
 def _raise_or_return(out: Any) -> Any:
