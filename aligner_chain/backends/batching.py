@@ -1,20 +1,33 @@
-"""The worker thread that serves a :class:`~aligner_chain.backends.local_model.LocalModel`.
+"""The worker thread that serves a :class:`~aligner_chain.backends.local_model.LocalModel`: one
+queue, every caller (sync or async, batch or stream) in arrival order, and the scheduling.
 
-Every caller, sync or async, submits a job to one queue, served in arrival order: a batch job (its
-rows gathered with the rows of other waiting jobs into dynamic batches of up to ``max_batch_size``,
-each one ``generate``) or a stream job (one row generated alone, text pushed to a streamer).
+* Static batches: the waiting rows of every batch job are gathered into batches of up to
+  ``max_batch_size``; when more rows wait than fit, a batch takes the oldest row and the rows
+  closest to it in expected length, so short rows are not held until a long one ends. When callers
+  that were just served are likely to come back (the last batch ended moments ago and fewer rows
+  wait than it held), the worker waits briefly for them, so concurrent callers share full batches
+  instead of alternating a large batch and a lone row. A lone row (or a stream) is decoded alone,
+  by the fastest exact path (compiled, prompt lookup or plain).
+* Continuous batching: rows go to the running :class:`~aligner_chain.backends.continuous.ContinuousScheduler`
+  as they arrive (streams too); a lone row while nothing runs takes the compiled path when there is one.
+  A caller that goes away cancels its rows.
+
 Tokenizers and ``generate`` are not thread-safe, so this thread is the only one that touches them:
-prompts are encoded here too. An idle worker exits and is started again by the next job.
+prompts are encoded here too. It sizes its own torch thread pool when it starts
+(:mod:`aligner_chain.backends.threads`) and exits when idle (soon on CPU, where its idle OpenMP
+team would slow the rest of the process); the next job starts it again.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aligner_chain.backends.generation import Generation, GenerationRequest, Prompt
 from aligner_chain.errors import AlignerError
@@ -22,21 +35,39 @@ from aligner_chain.errors import AlignerError
 if TYPE_CHECKING:
     from aligner_chain.backends.local_model import LocalModel
 
-__all__ = ["BatchJob", "BatchingWorker", "StreamJob"]
+__all__ = ["BatchJob", "BatchingWorker", "ReadyJob", "StreamJob", "settle"]
 
-_IDLE_EXIT_S = 60.0
+logger = logging.getLogger(__name__)
+
 _STOP = object()
+GATHER_MAX_S = 0.25
+"""The longest a batch waits for callers that were just served to come back."""
+GATHER_SHARE = 0.1
+"""... and never longer than this share of the last batch's duration."""
+GATHER_QUIET_S = 0.03
+"""... and it stops waiting once no caller arrived for this long."""
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
 class BatchJob:
-    """A batch call: its rows may be spread over several generate batches."""
+    """A batch call: its rows may be spread over several batches (or the continuous batch)."""
 
     requests: list[GenerationRequest]
     future: Future[list[Generation]] = field(default_factory=Future)
     prompts: list[Prompt | Generation] | None = None  # a Generation: settled before generating
     results: list[Generation | None] = field(default_factory=list)
     taken: list[bool] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def deliver(self, row: int, result: Generation) -> None:
+        """Record one row's result; the last one settles the future."""
+        with self.lock:
+            self.results[row] = result
+            done = all(r is not None for r in self.results)
+        if done:
+            settle(self.future, [r if r is not None else _lost() for r in self.results])
 
 
 @dataclass(eq=False)
@@ -51,11 +82,18 @@ class StreamJob:
     prompt: Prompt | Generation | None = None
 
 
-Job = BatchJob | StreamJob
+@dataclass(eq=False)
+class ReadyJob:
+    """Load (and warm up) the model in the worker thread, where it will decode."""
+
+    future: Future[None] = field(default_factory=Future)
+
+
+Job = BatchJob | StreamJob | ReadyJob
 
 
 class BatchingWorker:
-    """One thread, one queue, dynamic batches for ``model``."""
+    """One thread, one queue, scheduling for ``model``."""
 
     def __init__(self, model: LocalModel, *, name: str) -> None:
         self._model = model
@@ -64,11 +102,19 @@ class BatchingWorker:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._last_batch_end = 0.0
+        self._last_batch_s = 0.0
+        self._last_batch_rows = 0
 
     @property
     def queue_depth(self) -> int:
         """Jobs waiting that the worker has not picked up yet."""
         return self._queue.qsize()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The worker thread while it runs."""
+        return self._thread
 
     def submit(self, job: Job) -> None:
         with self._lock:
@@ -91,15 +137,29 @@ class BatchingWorker:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    # -- the thread -------------------------------------------------------------------------------
+
     def _run(self) -> None:
         pending: deque[Job] = deque()
+        try:
+            self._model.own_thread_pool()
+            self._loop(pending)
+        except BaseException as err:  # never leave a caller waiting, and let the next job restart
+            with self._lock:
+                self._thread = None
+                self._drain(pending)
+            logger.exception("the worker of %s stopped", self._model.name)
+            for job in pending:
+                fail(job, err)
+
+    def _loop(self, pending: deque[Job]) -> None:
         stopping = False
         while True:
             if not pending:
                 if stopping:
                     return
                 try:
-                    item = self._queue.get(timeout=_IDLE_EXIT_S)
+                    item = self._queue.get(timeout=self._model.idle_exit_s())
                 except queue.Empty:
                     with self._lock:
                         if self._queue.empty():
@@ -109,21 +169,26 @@ class BatchingWorker:
                 if item is _STOP:
                     return
                 pending.append(item)
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                else:
-                    pending.append(item)
+            stopping = self._drain(pending) or stopping
             try:
                 self._serve(pending)
             except BaseException as err:  # never leave a caller waiting
                 for job in pending:
                     fail(job, err)
                 pending.clear()
+
+    def _drain(self, pending: deque[Job]) -> bool:
+        """Move every queued job to ``pending``; whether a stop was queued."""
+        stopping = False
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return stopping
+            if item is _STOP:
+                stopping = True
+            else:
+                pending.append(item)
 
     def _serve(self, pending: deque[Job]) -> None:
         model = self._model
@@ -134,58 +199,216 @@ class BatchingWorker:
                 fail(job, err)
             pending.clear()
             return
+        for job in [j for j in pending if isinstance(j, ReadyJob)]:
+            pending.remove(job)
+            settle(job.future, None)
+        for job in [j for j in pending if _abandoned(j)]:
+            pending.remove(job)
         for job in pending:
             self._prepare(job)
-        head = pending[0]
+        continuous = model.continuous
+        if continuous is not None and continuous.healthy:
+            if not self._alone_compiled(pending):
+                self._to_continuous(pending)
+            return
+        head = pending[0] if pending else None
         if isinstance(head, StreamJob):
             pending.popleft()
             self._serve_stream(head)
             return
-        rows: list[tuple[BatchJob, int, Prompt]] = []
-        for job in pending:
-            if not isinstance(job, BatchJob) or len(rows) == model.max_batch_size:
-                break
-            assert job.prompts is not None  # set by _prepare
-            for i, (taken, prompt) in enumerate(zip(job.taken, job.prompts, strict=True)):
-                if taken or isinstance(prompt, Generation):
-                    continue
-                job.taken[i] = True
-                rows.append((job, i, prompt))
-                if len(rows) == model.max_batch_size:
-                    break
+        self._gather(pending)
+        rows = self._pick_rows(pending, model.max_batch_size)
         if rows:
-            for (job, i, _), result in zip(rows, model.generate([p for _, _, p in rows]), strict=True):
-                job.results[i] = result
+            started = time.monotonic()
+            results = model.generate([p for _, _, p in rows])
+            self._last_batch_end = time.monotonic()
+            self._last_batch_s = self._last_batch_end - started
+            self._last_batch_rows = len(rows)
+            for (job, i, _), result in zip(rows, results, strict=True):
+                job.deliver(i, result)
         for job in [j for j in pending if isinstance(j, BatchJob) and all(j.taken)]:
             pending.remove(job)
-            job.future.set_result([r if r is not None else _lost() for r in job.results])
+            settle(job.future, [r if r is not None else _lost() for r in job.results])
+
+    # -- static batches ---------------------------------------------------------------------------
+
+    def _gather(self, pending: deque[Job]) -> None:
+        """Wait briefly for callers that were just served to come back, so they share this batch."""
+        limit = self._model.max_batch_size
+        waiting = _waiting_rows(pending)
+        expected = min(limit, self._last_batch_rows + waiting)
+        since = time.monotonic() - self._last_batch_end
+        if waiting >= expected or since > max(GATHER_MAX_S, self._last_batch_s):
+            return
+        deadline = time.monotonic() + min(GATHER_MAX_S, GATHER_SHARE * self._last_batch_s)
+        while waiting < expected:
+            timeout = min(deadline - time.monotonic(), GATHER_QUIET_S)
+            if timeout <= 0:
+                return
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                return  # nobody came for a while: they are not coming
+            if item is _STOP:
+                self._queue.put(_STOP)
+                return
+            pending.append(item)
+            self._prepare(item)
+            if isinstance(item, StreamJob):
+                return
+            waiting = _waiting_rows(pending)
+
+    def _pick_rows(self, pending: deque[Job], limit: int) -> list[tuple[BatchJob, int, Prompt]]:
+        """Up to ``limit`` waiting rows: all of them when they fit, else the oldest and the rows
+        closest to it in expected length."""
+        rows: list[tuple[BatchJob, int, Prompt]] = []
+        for job in pending:
+            if not isinstance(job, BatchJob):
+                continue
+            assert job.prompts is not None  # set by _prepare
+            for i, (taken, prompt) in enumerate(zip(job.taken, job.prompts, strict=True)):
+                if not taken and isinstance(prompt, Prompt):
+                    rows.append((job, i, prompt))
+        if len(rows) > limit:
+            anchor = _length(rows[0][2])
+            rows = [rows[0], *sorted(rows[1:], key=lambda row: abs(_length(row[2]) - anchor))[: limit - 1]]
+        for job, i, _ in rows:
+            job.taken[i] = True
+        return rows
 
     def _serve_stream(self, job: StreamJob) -> None:
         prompt = job.prompt
         if isinstance(prompt, Generation) or prompt is None:
             job.streamer.end()
-            job.future.set_result(prompt or _lost())
+            settle(job.future, prompt or _lost())
             return
-        job.future.set_result(self._model.generate_stream(prompt, job.streamer, job.cancelled))
+        settle(job.future, self._model.generate_stream(prompt, job.streamer, job.cancelled))
+
+    # -- continuous batching ----------------------------------------------------------------------
+
+    def _alone_compiled(self, pending: deque[Job]) -> bool:
+        """Serve a lone row by the compiled path while nothing else runs (lowest latency)."""
+        model = self._model
+        continuous, compiled = model.continuous, model.compiled
+        if compiled is None or continuous is None or continuous.in_flight or len(pending) != 1:
+            return False
+        job = pending[0]
+        if isinstance(job, StreamJob):
+            prompt = job.prompt
+            if not isinstance(prompt, Prompt) or not compiled.fits(prompt):
+                return False
+            pending.popleft()
+            self._serve_stream(job)
+            return True
+        if not isinstance(job, BatchJob) or _waiting_rows(pending) != 1:
+            return False
+        rows = self._pick_rows(pending, 1)
+        if not compiled.fits(rows[0][2]):
+            rows[0][0].taken[rows[0][1]] = False
+            return False
+        pending.popleft()
+        job.deliver(rows[0][1], model.generate([rows[0][2]])[0])
+        return True
+
+    def _to_continuous(self, pending: deque[Job]) -> None:
+        """Hand every waiting row to the continuous batch (rows it cannot hold run here, alone)."""
+        model = self._model
+        continuous = model.continuous
+        assert continuous is not None
+        while pending:
+            job = pending.popleft()
+            if isinstance(job, StreamJob):
+                prompt = job.prompt
+                if isinstance(prompt, Prompt) and continuous.fits(prompt):
+                    continuous.submit(
+                        prompt, _settle_with(job.future), streamer=job.streamer, cancelled=job.cancelled
+                    )
+                else:
+                    self._serve_stream(job)
+                continue
+            if not isinstance(job, BatchJob):
+                continue
+            assert job.prompts is not None
+            request_ids: list[str] = []
+            for i, prompt in enumerate(job.prompts):
+                if job.taken[i] or not isinstance(prompt, Prompt):
+                    continue
+                job.taken[i] = True
+                if continuous.fits(prompt):
+                    request_ids.append(continuous.submit(prompt, _row_delivery(job, i)))
+                else:
+                    job.deliver(i, model.generate([prompt])[0])
+            if all(r is not None for r in job.results):
+                settle(job.future, [r if r is not None else _lost() for r in job.results])
+            job.future.add_done_callback(_cancel_on_abandon(continuous, request_ids))
+
+    # -- preparing --------------------------------------------------------------------------------
 
     def _prepare(self, job: Job) -> None:
         if isinstance(job, StreamJob):
             if job.prompt is None:
                 job.prompt = self._model.prepare(job.request)
             return
-        if job.prompts is not None:
+        if not isinstance(job, BatchJob) or job.prompts is not None:
             return
         job.prompts = [self._model.prepare(request) for request in job.requests]
         job.results = [p if isinstance(p, Generation) else None for p in job.prompts]
         job.taken = [r is not None for r in job.results]
 
 
+def settle(future: Future[T], result: T) -> None:
+    """Hand ``result`` to a future's caller, unless the caller went away (cancelled it)."""
+    try:
+        if not future.done():
+            future.set_result(result)
+    except InvalidStateError:  # cancelled in between
+        pass
+
+
 def fail(job: Job, err: BaseException) -> None:
     """Hand ``err`` to the job's caller (and end its stream)."""
-    if not job.future.done():
-        job.future.set_exception(err if isinstance(err, Exception) else AlignerError(repr(err)))
+    try:
+        if not job.future.done():
+            job.future.set_exception(err if isinstance(err, Exception) else AlignerError(repr(err)))
+    except InvalidStateError:
+        pass
     if isinstance(job, StreamJob):
         job.streamer.end()
+
+
+def _settle_with(future: Future[Generation]) -> Any:
+    return lambda result: settle(future, result)
+
+
+def _row_delivery(job: BatchJob, row: int) -> Any:
+    return lambda result: job.deliver(row, result)
+
+
+def _cancel_on_abandon(continuous: Any, request_ids: list[str]) -> Any:
+    def cancel(future: Future[Any]) -> None:
+        if future.cancelled():
+            for request_id in request_ids:
+                continuous.cancel(request_id)
+
+    return cancel
+
+
+def _abandoned(job: Job) -> bool:
+    """A job whose caller went away before it was served (its future was cancelled)."""
+    return job.future.cancelled()
+
+
+def _waiting_rows(pending: deque[Job]) -> int:
+    count = 0
+    for job in pending:
+        if isinstance(job, BatchJob) and job.prompts is not None:
+            rows = zip(job.taken, job.prompts, strict=True)
+            count += sum(1 for taken, prompt in rows if not taken and isinstance(prompt, Prompt))
+    return count
+
+
+def _length(prompt: Prompt) -> int:
+    return prompt.expected if prompt.expected is not None else prompt.budget
 
 
 def _lost() -> Generation:

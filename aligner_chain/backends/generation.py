@@ -1,5 +1,6 @@
 """What a local generation takes and gives: a request (how to encode the prompt, how many new tokens
-it needs), the encoded prompt with its token budget, and the result with its finish reason."""
+it needs, what its output is likely to copy), the encoded prompt with its token budget, and the
+result with its finish reason."""
 
 from __future__ import annotations
 
@@ -14,19 +15,26 @@ FinishReason = Literal["stop", "length", "too_long", "failed"]
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt: ``encode(tokenizer)`` gives its token ids and ``needs(tokenizer)`` the fewest new
-    tokens worth generating (the Aligner: about the answer's length); both run in the worker thread."""
+    """One prompt: ``encode(tokenizer)`` gives its token ids, ``needs(tokenizer)`` the fewest new
+    tokens worth generating (the Aligner: about the answer's length) and ``draft(tokenizer)`` the
+    token ids the output is likely to copy (the Aligner: the answer; prompt lookup drafts from them;
+    ``None``: from the whole prompt). All three run in the worker thread."""
 
     encode: Callable[[Any], list[int]]
     needs: Callable[[Any], int] | None = None
+    draft: Callable[[Any], list[int]] | None = None
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """An encoded prompt and its token budget (``max_new_tokens``, or less where the context ends)."""
+    """An encoded prompt and its token budget (``max_new_tokens``, or less where the context ends);
+    ``expected``: about how many tokens it will take (orders rows of similar length into a batch);
+    ``draft``: the ids prompt lookup drafts from (``None``: the prompt)."""
 
     ids: list[int]
     budget: int
+    expected: int | None = None
+    draft: list[int] | None = None
 
 
 @dataclass(frozen=True)

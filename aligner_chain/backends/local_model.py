@@ -1,6 +1,7 @@
-"""A local causal LM and its tokenizer: loaded lazily, generating left-padded batches, served by one
-worker thread (:mod:`aligner_chain.backends.batching`). The Aligner backend and the bootstrap
-upstream (``training``) both generate through it.
+"""A local causal LM and its tokenizer: loaded lazily, in the worker thread that serves it
+(:mod:`aligner_chain.backends.batching`), decoding by the plan chosen for its device
+(:mod:`aligner_chain.backends.decoding`). The Aligner backend and the bootstrap upstream
+(``training``) both generate through it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -16,21 +18,30 @@ from typing import TYPE_CHECKING, Any
 
 from aligner_chain.arguments import strict_keywords
 from aligner_chain.backends.availability import check_source
-from aligner_chain.backends.batching import BatchingWorker, BatchJob, StreamJob
+from aligner_chain.backends.batching import BatchingWorker, BatchJob, ReadyJob, StreamJob
+from aligner_chain.backends.decoding import DecodingOptions, DecodingPlan, LoadedModel, plan_decoding
 from aligner_chain.backends.devices import check_device, check_dtype, resolve_device, resolve_dtype
-from aligner_chain.backends.generation import FinishReason, Generation, GenerationRequest, Prompt
+from aligner_chain.backends.generation import Generation, GenerationRequest, Prompt
 from aligner_chain.backends.model_sources import ModelSources, load_causal_lm, load_tokenizer, resolve_sources
 from aligner_chain.errors import AlignerError
 
 if TYPE_CHECKING:
     import torch
 
+    from aligner_chain.backends.compiled_decoding import CompiledDecoding
+    from aligner_chain.backends.continuous import ContinuousScheduler
+    from aligner_chain.backends.prompt_lookup import LookupPolicy
+    from aligner_chain.backends.static_decoding import StaticDecoder
+
 __all__ = ["LocalModel"]
 
 logger = logging.getLogger(__name__)
 
 _RESERVED_GENERATION_KWARGS = ("input_ids", "attention_mask", "max_new_tokens", "streamer")
+_OWNED_GENERATION_KWARGS = {"prompt_lookup_num_tokens": "prompt_lookup=", "compile_config": "compiled="}
 _SANE_CONTEXT = 10_000_000  # tokenizers without a limit report model_max_length ~ 1e30
+_IDLE_EXIT_S = 60.0
+_IDLE_EXIT_WITH_POOL_S = 0.25  # a CPU worker with an OpenMP team releases it soon after going idle
 
 
 class LocalModel:
@@ -38,7 +49,9 @@ class LocalModel:
     greedily (unless ``generation_kwargs`` say otherwise) behind one worker thread.
 
     See :class:`~aligner_chain.backends.transformers.TransformersBackend` for the arguments.
-    ``batch_sizes`` records the size of every ``generate`` batch, in order.
+    ``batch_sizes`` records the size of every ``generate`` batch, in order (rows decoded alone
+    count 1; rows of the continuous batch are not ``generate`` batches); ``plan`` is the decoding
+    plan chosen at load and ``modes`` counts the rows (and static batches) each path served.
     """
 
     load_retry_after_s: float = 60.0
@@ -54,16 +67,22 @@ class LocalModel:
         device: str | Any = "auto",
         dtype: str | Any = "auto",
         trust_remote_code: bool = False,
-        max_batch_size: int = 8,
+        max_batch_size: int | None = None,
         generation_kwargs: Mapping[str, Any] | None = None,
         revision: str | None = None,
+        scheduling: str = "auto",
+        prompt_lookup: str = "auto",
+        compiled: str = "auto",
+        threads: int | None = None,
+        continuous_batching_config: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
             raise ValueError("model must be a hub id or a local directory (a non-empty str or path)")
         if adapter is not None and (not isinstance(adapter, (str, os.PathLike)) or not os.fspath(adapter)):
             raise ValueError("adapter must be a PEFT adapter directory or hub id (a non-empty str or path)")
         _check_positive("max_new_tokens", max_new_tokens)
-        _check_positive("max_batch_size", max_batch_size)
+        if max_batch_size is not None:
+            _check_positive("max_batch_size", max_batch_size)
         if not _is_torch_object(device, "device"):
             check_device(device)
         if not _is_torch_object(dtype, "dtype"):
@@ -75,27 +94,37 @@ class LocalModel:
                 f"generation_kwargs must not set {reserved}; the backend sets them (use max_new_tokens= "
                 "for the length)"
             )
+        owned = [f"{k} (use {v})" for k, v in _OWNED_GENERATION_KWARGS.items() if k in kwargs]
+        if owned:
+            raise ValueError(f"generation_kwargs must not set {', '.join(owned)}")
+        self.decoding = DecodingOptions(
+            scheduling=scheduling,  # type: ignore[arg-type]
+            prompt_lookup=prompt_lookup,  # type: ignore[arg-type]
+            compiled=compiled,  # type: ignore[arg-type]
+            threads=threads,
+            continuous_batching_config=continuous_batching_config,
+        )
+        self.generation_kwargs: dict[str, Any] = {"do_sample": False, **kwargs}
+        self.decoding.check(self.generation_kwargs)
         self.model_source = os.fspath(model)
         self.adapter_source = os.fspath(adapter) if adapter is not None else None
         self.max_new_tokens = max_new_tokens
         self.device = device
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
-        self.max_batch_size = max_batch_size
-        self.generation_kwargs: dict[str, Any] = {"do_sample": False, **kwargs}
+        self.requested_batch_size = max_batch_size
         self.revision = revision
         self.batch_sizes: list[int] = []
 
         self._load_lock = threading.Lock()
         self._load_failure: tuple[float, str] | None = None  # (retry after, why)
         self._worker = BatchingWorker(self, name=f"aligner-chain-{Path(self.name).name}")
-        self.model: Any = None
-        self.tokenizer: Any = None
-        self.resolved_device: str | None = None
-        self.resolved_dtype: torch.dtype | None = None
-        self.context_length: int | None = None
-        self._eos_ids: frozenset[int] = frozenset()
-        self._pad_id = 0
+        self._loaded: LoadedModel | None = None
+        self.plan: DecodingPlan | None = None
+        self.continuous: ContinuousScheduler | None = None
+        self.compiled: CompiledDecoding | None = None
+        self.lookup: LookupPolicy | None = None
+        self._decoder: StaticDecoder | None = None
 
     @property
     def name(self) -> str:
@@ -105,9 +134,50 @@ class LocalModel:
         return f"{self.model_source}+{self.adapter_source}"
 
     @property
+    def model(self) -> Any:
+        """The loaded ``PreTrainedModel``, or ``None`` before loading."""
+        return self._loaded.model if self._loaded is not None else None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._loaded.tokenizer if self._loaded is not None else None
+
+    @property
+    def resolved_device(self) -> str | None:
+        return self._loaded.device if self._loaded is not None else None
+
+    @property
+    def resolved_dtype(self) -> torch.dtype | None:
+        return self._loaded.dtype if self._loaded is not None else None
+
+    @property
+    def context_length(self) -> int | None:
+        return self._loaded.context_length if self._loaded is not None else None
+
+    @property
+    def max_batch_size(self) -> int:
+        """Rows per static batch: as given, else chosen for the device at load (8 before loading)."""
+        if self.plan is not None:
+            return self.plan.max_batch_size
+        return self.requested_batch_size or 8
+
+    @property
     def queue_depth(self) -> int:
         """Calls waiting for the worker that it has not picked up yet."""
         return self._worker.queue_depth
+
+    @property
+    def worker_thread(self) -> threading.Thread | None:
+        """The worker thread while it runs."""
+        return self._worker.thread
+
+    @property
+    def modes(self) -> Counter[str]:
+        """Rows (and static batches, ``"batch"``) served per decoding path so far."""
+        counts: Counter[str] = Counter(self._decoder.modes if self._decoder is not None else {})
+        if self.continuous is not None:
+            counts["continuous"] = self.continuous.submitted
+        return counts
 
     def sources(self) -> ModelSources:
         return resolve_sources(self.model_source, self.adapter_source, self.revision)
@@ -115,7 +185,8 @@ class LocalModel:
     # -- loading -------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the tokenizer and model now (thread-safe; later calls return at once).
+        """Load the tokenizer and model now, and warm up the decoding paths that need it, in the
+        worker thread (thread-safe; later calls return at once).
 
         A failure is remembered for ``load_retry_after_s`` seconds: calls in the meantime fail at
         once with the same reason instead of trying (and maybe downloading) again.
@@ -123,17 +194,26 @@ class LocalModel:
         Raises:
             AlignerError: the model, adapter or tokenizer could not be loaded.
         """
-        if self.model is not None:
+        if self._loaded is not None:
             return
+        if threading.current_thread() is self._worker.thread:
+            self._load_here()
+            return
+        job = ReadyJob()
+        self._worker.submit(job)
+        job.future.result()
+
+    def _load_here(self) -> None:
         with self._load_lock:
-            if self.model is not None:
+            if self._loaded is not None:
                 return
             failed = self._load_failure
             if failed is not None and time.monotonic() < failed[0]:
                 left = failed[0] - time.monotonic()
                 raise AlignerError(f"{failed[1]} (not tried again for another {left:.0f} s)")
             try:
-                self._load()
+                loaded = self._load()
+                self._prepare_decoding(loaded)
             except Exception as err:
                 error = (
                     err
@@ -145,8 +225,9 @@ class LocalModel:
                     raise
                 raise error from err
             self._load_failure = None
+            self._loaded = loaded
 
-    def _load(self) -> None:
+    def _load(self) -> LoadedModel:
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, device)
         check_source(self.model_source, field="model", revision=self.revision)
@@ -175,14 +256,94 @@ class LocalModel:
                 "without it no generation can end"
             )
         pad = tokenizer.pad_token_id
-        self._pad_id = int(pad) if pad is not None else min(eos)
-        self._eos_ids = frozenset(eos)
-        self.context_length = _context_length(model.config, tokenizer)
-        self.tokenizer = tokenizer
-        self.resolved_device = device
-        self.resolved_dtype = dtype
-        self.model = model
-        logger.info("loaded %s on %s (%s), context %s", self.name, device, dtype, self.context_length)
+        loaded = LoadedModel(
+            model=model,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=dtype,
+            eos_ids=frozenset(eos),
+            pad_id=int(pad) if pad is not None else min(eos),
+            context_length=_context_length(model.config, tokenizer),
+            generation_kwargs=self.generation_kwargs,
+        )
+        logger.info("loaded %s on %s (%s), context %s", self.name, device, dtype, loaded.context_length)
+        return loaded
+
+    def _prepare_decoding(self, loaded: LoadedModel) -> None:
+        """Choose the decoding plan for the device and build (and warm up) its paths."""
+        from aligner_chain.backends.capacity import (
+            continuous_bounds,
+            default_batch_size,
+            free_memory_bytes,
+            kv_bytes_per_token,
+        )
+        from aligner_chain.backends.static_decoding import StaticDecoder
+
+        device = loaded.device
+        kv = kv_bytes_per_token(loaded.model.config, loaded.dtype)
+        free = free_memory_bytes(device)
+        row_tokens = min(loaded.context_length or 2 * self.max_new_tokens, 2 * self.max_new_tokens)
+        batch = self.requested_batch_size or default_batch_size(
+            device, kv_per_token=kv, row_tokens=row_tokens, free_bytes=free
+        )
+        plan = plan_decoding(
+            self.decoding,
+            device=device,
+            generation_kwargs=self.generation_kwargs,
+            max_batch_size=batch,
+            threads=self.worker_threads(),
+            attn_implementation=getattr(loaded.model.config, "_attn_implementation", None),
+        )
+        logger.info("%s decodes with: %s (batches of %d)", self.name, "; ".join(plan.notes), batch)
+        compiled = lookup = None
+        if plan.compiled:
+            from aligner_chain.backends.compiled_decoding import CompiledDecoding
+
+            compiled = CompiledDecoding(loaded)
+            compiled.warm_up()
+        if plan.prompt_lookup != "off":
+            from aligner_chain.backends.prompt_lookup import LookupPolicy
+
+            lookup = LookupPolicy(plan.prompt_lookup)
+        if plan.scheduling == "continuous":
+            from aligner_chain.backends.continuous import ContinuousScheduler
+
+            bounds = continuous_bounds(
+                device, kv_per_token=kv, free_bytes=free, context_length=loaded.context_length
+            )
+            self.continuous = ContinuousScheduler(loaded, bounds, self.decoding.continuous_batching_config)
+        self.compiled, self.lookup, self.plan = compiled, lookup, plan
+        self._decoder = StaticDecoder(loaded, lookup=lookup, compiled=compiled)
+
+    # -- the worker thread's pool -----------------------------------------------------------------
+
+    def worker_threads(self) -> int:
+        """The torch thread pool of the worker thread: ``threads=`` or the device's default."""
+        from aligner_chain.backends.threads import default_threads
+
+        if self.decoding.threads is not None:
+            return self.decoding.threads
+        if self._loaded is not None:
+            return default_threads(self._loaded.device)
+        try:
+            return default_threads(resolve_device(self.device))
+        except Exception:  # an unavailable device: loading reports it
+            return default_threads("cpu")
+
+    def own_thread_pool(self) -> None:
+        """Size the calling (worker) thread's torch pool; other threads keep theirs."""
+        from aligner_chain.backends.threads import own_thread_pool
+
+        own_thread_pool(self.worker_threads())
+
+    def idle_exit_s(self) -> float | None:
+        """How long the worker waits idle before exiting (``None``: until closed)."""
+        if self.compiled is not None:
+            return None  # compiled graphs belong to the worker thread
+        device = self._loaded.device if self._loaded is not None else "cpu"
+        if device.startswith("cpu") and self.worker_threads() > 1:
+            return _IDLE_EXIT_WITH_POOL_S
+        return _IDLE_EXIT_S
 
     # -- submitting (served by the worker thread) -------------------------------------------------
 
@@ -206,136 +367,50 @@ class LocalModel:
     def close(self) -> None:
         """Serve what is queued, then stop the worker thread and release the model."""
         self._worker.close()
-        self.model = None
+        if self.continuous is not None:
+            self.continuous.close()
+            self.continuous = None
+        self._loaded = None
+        self._decoder = None
+        self.compiled = None
 
     # -- generating (in the worker thread) --------------------------------------------------------
 
     def prepare(self, request: GenerationRequest) -> Prompt | Generation:
         """The encoded prompt and its budget: ``max_new_tokens``, or the room left in the context
         when that is less; a ``too_long`` result when the room is less than the request needs."""
-        ids = request.encode(self.tokenizer)
-        if self.context_length is None:
-            return Prompt(ids, self.max_new_tokens)
-        room = self.context_length - len(ids)
-        needed = max(1, request.needs(self.tokenizer) if request.needs is not None else 1)
+        loaded = self._loaded
+        assert loaded is not None, "prepare runs after load"
+        tokenizer = loaded.tokenizer
+        ids = request.encode(tokenizer)
+        needed = max(1, request.needs(tokenizer) if request.needs is not None else 1)
+        expected = needed if request.needs is not None else None
+        draft = request.draft(tokenizer) if request.draft is not None and self.lookup is not None else None
+        if loaded.context_length is None:
+            return Prompt(ids, self.max_new_tokens, expected, draft)
+        room = loaded.context_length - len(ids)
         if room < needed:
             return Generation(
                 "",
                 "too_long",
                 detail=f"the prompt ({len(ids)} tokens) leaves {max(room, 0)} of the model's "
-                f"{self.context_length}-token context and the answer needs about {needed}",
+                f"{loaded.context_length}-token context and the answer needs about {needed}",
             )
-        return Prompt(ids, min(self.max_new_tokens, room))
+        return Prompt(ids, min(self.max_new_tokens, room), expected, draft)
 
     def generate(self, prompts: list[Prompt]) -> list[Generation]:
-        """One batch, one :class:`Generation` per prompt (out of memory: row by row). Each row stops
-        at its own token budget, so a row's result does not depend on what it is batched with."""
-        import torch
-
+        """One :class:`Generation` per prompt: one static batch, or a lone row by its fastest exact
+        path. Each row stops at its own token budget, so a row's result does not depend on what it
+        is batched with (out of memory: row by row)."""
+        assert self._decoder is not None, "generate runs after load"
         self.batch_sizes.append(len(prompts))
-        try:
-            rows = self._generate(prompts)
-            return [self._finish(row, prompt.budget) for row, prompt in zip(rows, prompts, strict=True)]
-        except torch.OutOfMemoryError as err:
-            _empty_cache()
-            if len(prompts) == 1:
-                return [Generation("", "failed", "out_of_memory", str(err))]
-            logger.warning("out of memory with a batch of %d; retrying row by row", len(prompts))
-            return [result for prompt in prompts for result in self.generate([prompt])]
-        except Exception as err:
-            logger.exception("generate failed for a batch of %d", len(prompts))
-            return [Generation("", "failed", "backend_error", f"{type(err).__name__}: {err}")] * len(prompts)
-
-    def _generate(
-        self, prompts: list[Prompt], *, criteria: Sequence[Any] = (), **extra: Any
-    ) -> list[list[int]]:
-        """One left-padded ``generate`` call; the new token ids of each row."""
-        import torch
-        from transformers import StoppingCriteriaList
-
-        width = max(len(p.ids) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids, dtype=torch.long)
-            attention_mask[row, width - len(prompt.ids) :] = 1
-        budgets = [p.budget for p in prompts]
-        stops = [*criteria, *(self.generation_kwargs.get("stopping_criteria") or [])]
-        if len(set(budgets)) > 1:
-            stops.append(_RowBudgets(budgets, width))
-        kwargs = {"pad_token_id": self._pad_id, **self.generation_kwargs, **extra}
-        if stops:
-            kwargs["stopping_criteria"] = StoppingCriteriaList(stops)
-        device = self.resolved_device or "cpu"
-        with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max(budgets),
-                **kwargs,
-            )
-        new: list[list[int]] = output[:, width:].tolist()
-        return new
-
-    def _finish(self, tokens: list[int], budget: int) -> Generation:
-        end = next((i for i, token in enumerate(tokens) if token in self._eos_ids), None)
-        reason: FinishReason = "stop"
-        if end is None:
-            while tokens and tokens[-1] == self._pad_id:  # a row that stopped on a stop string
-                tokens = tokens[:-1]
-            end = len(tokens)
-            if not self._stops_early() or end >= budget:
-                reason = "length"
-        return Generation(self.tokenizer.decode(tokens[:end], skip_special_tokens=True), reason, tokens=end)
-
-    def _stops_early(self) -> bool:
-        return bool(
-            self.generation_kwargs.get("stop_strings") or self.generation_kwargs.get("stopping_criteria")
-        )
+        return self._decoder.generate(prompts)
 
     def generate_stream(self, prompt: Prompt, streamer: Any, cancelled: threading.Event) -> Generation:
         """One prompt, its text pushed to ``streamer`` as it is generated; stops when ``cancelled``."""
-        import torch
-
+        assert self._decoder is not None, "generate_stream runs after load"
         self.batch_sizes.append(1)
-        try:
-            tokens = self._generate([prompt], criteria=[_Cancelled(cancelled)], streamer=streamer)
-            return self._finish(tokens[0], prompt.budget)
-        except torch.OutOfMemoryError as err:
-            _empty_cache()
-            streamer.end()
-            return Generation("", "failed", "out_of_memory", str(err))
-        except Exception as err:
-            logger.exception("generate failed for a stream")
-            streamer.end()
-            return Generation("", "failed", "backend_error", f"{type(err).__name__}: {err}")
-
-
-class _RowBudgets:
-    """A stopping criterion: each row stops at its own token budget (transformers'
-    ``StoppingCriteria`` contract: one bool per row)."""
-
-    def __init__(self, budgets: list[int], width: int) -> None:
-        self.budgets = budgets
-        self.width = width
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        generated = input_ids.shape[1] - self.width
-        return torch.tensor([generated >= b for b in self.budgets], device=input_ids.device)
-
-
-class _Cancelled:
-    """A stopping criterion: every row stops once ``event`` is set (the stream's reader left)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+        return self._decoder.generate_stream(prompt, streamer, cancelled)
 
 
 def _check_positive(name: str, value: object) -> None:
@@ -363,10 +438,3 @@ def _context_length(config: Any, tokenizer: Any) -> int | None:
         if isinstance(candidate, int) and 0 < candidate < _SANE_CONTEXT:
             return candidate
     return None
-
-
-def _empty_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
