@@ -61,8 +61,16 @@ class AlignerOptions(BaseModel):
     """``"auto"`` (bf16 on CUDA, fp32 on CPU) or a torch dtype name."""
     trust_remote_code: bool = False
     revision: str | None = None
-    max_batch_size: int = Field(default=8, gt=0)
-    """Requests per generate call (local) or in flight at once (server)."""
+    max_batch_size: int | None = Field(default=None, gt=0)
+    """Rows per static batch (local; ``None``: chosen for the device at load) or requests in flight
+    at once (server; ``None``: 8)."""
+    scheduling: Literal["auto", "static", "continuous"] = "auto"
+    """Local: ``"auto"`` (continuous batching on CUDA, static batches elsewhere), ``"static"`` or
+    ``"continuous"``."""
+    prompt_lookup: Literal["auto", "on", "off"] = "auto"
+    """Local: copy-aware drafts for rows decoded alone; ``"auto"`` backs off while they rarely pay."""
+    compiled: Literal["auto", "on", "off"] = "auto"
+    """Local: static KV cache + ``torch.compile`` for rows decoded alone (``"auto"``: on CUDA)."""
     generation_kwargs: dict[str, Any] | None = None
     """Extra generation settings (e.g. sampling) passed to the backend."""
 
@@ -115,8 +123,12 @@ class AlignerOptions(BaseModel):
                 adapter=self.adapter,
                 timeout=self.timeout,
                 max_retries=self.max_retries,
+                decoding=self._decoding(),
             )
         return self
+
+    def _decoding(self) -> dict[str, str]:
+        return {"scheduling": self.scheduling, "prompt_lookup": self.prompt_lookup, "compiled": self.compiled}
 
     def get_backend(self) -> AlignerBackend:
         """The backend: ``backend`` when given, else built once from the model options (the model
@@ -140,6 +152,7 @@ class AlignerOptions(BaseModel):
                     revision=self.revision,
                     max_batch_size=self.max_batch_size,
                     generation_kwargs=self.generation_kwargs,
+                    **self._decoding(),
                 )
             return self._backend
 

@@ -25,75 +25,32 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
-from aligner_chain.backends.generation import Generation, GenerationRequest, Prompt
+from aligner_chain.backends.generation import Generation, Prompt
+from aligner_chain.backends.jobs import BatchJob, Job, ReadyJob, StreamJob, fail, lost, settle
 from aligner_chain.errors import AlignerError
 
 if TYPE_CHECKING:
     from aligner_chain.backends.local_model import LocalModel
 
-__all__ = ["BatchJob", "BatchingWorker", "ReadyJob", "StreamJob", "settle"]
+__all__ = ["BatchingWorker"]
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
-GATHER_MAX_S = 0.25
-"""The longest a batch waits for callers that were just served to come back."""
-GATHER_SHARE = 0.1
-"""... and never longer than this share of the last batch's duration."""
-GATHER_QUIET_S = 0.03
-"""... and it stops waiting once no caller arrived for this long."""
-
-T = TypeVar("T")
-
-
-@dataclass(eq=False)
-class BatchJob:
-    """A batch call: its rows may be spread over several batches (or the continuous batch)."""
-
-    requests: list[GenerationRequest]
-    future: Future[list[Generation]] = field(default_factory=Future)
-    prompts: list[Prompt | Generation] | None = None  # a Generation: settled before generating
-    results: list[Generation | None] = field(default_factory=list)
-    taken: list[bool] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def deliver(self, row: int, result: Generation) -> None:
-        """Record one row's result; the last one settles the future."""
-        with self.lock:
-            self.results[row] = result
-            done = all(r is not None for r in self.results)
-        if done:
-            settle(self.future, [r if r is not None else _lost() for r in self.results])
-
-
-@dataclass(eq=False)
-class StreamJob:
-    """A stream call: iterate ``streamer`` for text deltas, then ``future.result()`` for the
-    :class:`Generation`; ``cancelled.set()`` stops the generation early."""
-
-    request: GenerationRequest
-    streamer: Any
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    future: Future[Generation] = field(default_factory=Future)
-    prompt: Prompt | Generation | None = None
-
-
-@dataclass(eq=False)
-class ReadyJob:
-    """Load (and warm up) the model in the worker thread, where it will decode."""
-
-    future: Future[None] = field(default_factory=Future)
-
-
-Job = BatchJob | StreamJob | ReadyJob
 
 
 class BatchingWorker:
     """One thread, one queue, scheduling for ``model``."""
+
+    gather_max_s = 0.25
+    """The longest a batch waits for callers that were just served to come back..."""
+    gather_share = 0.1
+    """... never longer than this share of the last batch's duration ..."""
+    gather_quiet_s = 0.03
+    """... and no longer once nobody arrived for this long."""
 
     def __init__(self, model: LocalModel, *, name: str) -> None:
         self._model = model
@@ -228,7 +185,7 @@ class BatchingWorker:
                 job.deliver(i, result)
         for job in [j for j in pending if isinstance(j, BatchJob) and all(j.taken)]:
             pending.remove(job)
-            settle(job.future, [r if r is not None else _lost() for r in job.results])
+            settle(job.future, [r if r is not None else lost() for r in job.results])
 
     # -- static batches ---------------------------------------------------------------------------
 
@@ -238,11 +195,11 @@ class BatchingWorker:
         waiting = _waiting_rows(pending)
         expected = min(limit, self._last_batch_rows + waiting)
         since = time.monotonic() - self._last_batch_end
-        if waiting >= expected or since > max(GATHER_MAX_S, self._last_batch_s):
+        if waiting >= expected or since > max(self.gather_max_s, self._last_batch_s):
             return
-        deadline = time.monotonic() + min(GATHER_MAX_S, GATHER_SHARE * self._last_batch_s)
+        deadline = time.monotonic() + min(self.gather_max_s, self.gather_share * self._last_batch_s)
         while waiting < expected:
-            timeout = min(deadline - time.monotonic(), GATHER_QUIET_S)
+            timeout = min(deadline - time.monotonic(), self.gather_quiet_s)
             if timeout <= 0:
                 return
             try:
@@ -280,7 +237,7 @@ class BatchingWorker:
         prompt = job.prompt
         if isinstance(prompt, Generation) or prompt is None:
             job.streamer.end()
-            settle(job.future, prompt or _lost())
+            settle(job.future, prompt or lost())
             return
         settle(job.future, self._model.generate_stream(prompt, job.streamer, job.cancelled))
 
@@ -339,7 +296,7 @@ class BatchingWorker:
                 else:
                     job.deliver(i, model.generate([prompt])[0])
             if all(r is not None for r in job.results):
-                settle(job.future, [r if r is not None else _lost() for r in job.results])
+                settle(job.future, [r if r is not None else lost() for r in job.results])
             job.future.add_done_callback(_cancel_on_abandon(continuous, request_ids))
 
     # -- preparing --------------------------------------------------------------------------------
@@ -354,26 +311,6 @@ class BatchingWorker:
         job.prompts = [self._model.prepare(request) for request in job.requests]
         job.results = [p if isinstance(p, Generation) else None for p in job.prompts]
         job.taken = [r is not None for r in job.results]
-
-
-def settle(future: Future[T], result: T) -> None:
-    """Hand ``result`` to a future's caller, unless the caller went away (cancelled it)."""
-    try:
-        if not future.done():
-            future.set_result(result)
-    except InvalidStateError:  # cancelled in between
-        pass
-
-
-def fail(job: Job, err: BaseException) -> None:
-    """Hand ``err`` to the job's caller (and end its stream)."""
-    try:
-        if not job.future.done():
-            job.future.set_exception(err if isinstance(err, Exception) else AlignerError(repr(err)))
-    except InvalidStateError:
-        pass
-    if isinstance(job, StreamJob):
-        job.streamer.end()
 
 
 def _settle_with(future: Future[Generation]) -> Any:
@@ -409,7 +346,3 @@ def _waiting_rows(pending: deque[Job]) -> int:
 
 def _length(prompt: Prompt) -> int:
     return prompt.expected if prompt.expected is not None else prompt.budget
-
-
-def _lost() -> Generation:
-    return Generation("", "failed", "backend_error", "no result was produced for this row")

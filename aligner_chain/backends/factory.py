@@ -16,6 +16,7 @@ __all__ = ["DEFAULT_MODEL", "MODEL_ENV", "build_backend", "check_backend_options
 
 MODEL_ENV = "ALIGNER_MODEL"
 DEFAULT_MODEL = "aligner/aligner-7b-v1.0"
+_SERVER_CONCURRENCY = 8
 
 
 def default_model() -> str:
@@ -30,18 +31,26 @@ def check_backend_options(
     tokenizer: Any = None,
     timeout: float | None = None,
     max_retries: int | None = None,
+    decoding: Mapping[str, str] | None = None,
 ) -> None:
     """Options that only make sense for one kind of backend.
 
     Raises:
-        ValueError: ``adapter`` with ``base_url``; ``tokenizer``, ``timeout`` or ``max_retries``
-            without it.
+        ValueError: ``adapter`` or a decoding mode other than ``"auto"`` (``decoding``:
+            ``{"scheduling": ..., "prompt_lookup": ..., "compiled": ...}``) with ``base_url``;
+            ``tokenizer``, ``timeout`` or ``max_retries`` without it.
     """
     if base_url and adapter:
         raise ValueError(
             "adapter is for a local model; with base_url load the adapter in the server "
             "(e.g. vLLM --lora-modules NAME=DIR) and pass NAME as model"
         )
+    for mode, setting in (decoding or {}).items():
+        if base_url and setting != "auto":
+            raise ValueError(
+                f"{mode}={setting!r} is for a local model; a server (base_url) decodes its own way: "
+                f"leave {mode}='auto'"
+            )
     if tokenizer is not None and not base_url:
         raise ValueError("tokenizer only applies with base_url (a local model uses its own tokenizer)")
     for name, value in (("timeout", timeout), ("max_retries", max_retries)):
@@ -68,18 +77,29 @@ def build_backend(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     revision: str | None = None,
-    max_batch_size: int = 8,
+    max_batch_size: int | None = None,
     generation_kwargs: Mapping[str, Any] | None = None,
+    scheduling: str = "auto",
+    prompt_lookup: str = "auto",
+    compiled: str = "auto",
 ) -> AlignerBackend:
     """An :class:`~aligner_chain.backends.openai.OpenAIBackend` when ``base_url`` is given, else a
     local :class:`~aligner_chain.backends.transformers.TransformersBackend`. Nothing is loaded yet.
 
     ``model`` defaults to :func:`default_model`; ``max_batch_size`` is the rows per ``generate``
-    locally and the requests in flight with a server; ``tokenizer`` (server only) sends token ids;
-    ``timeout`` and ``max_retries`` (server only) default to the backend's own (60 s, 3).
+    locally (``None``: chosen for the device) and the requests in flight with a server (``None``:
+    8); ``tokenizer`` (server only) sends token ids; ``timeout`` and ``max_retries`` (server only)
+    default to the backend's own (60 s, 3); ``scheduling``, ``prompt_lookup`` and ``compiled``
+    (local only) choose the decoding modes (``"auto"``: by device).
     """
+    decoding = {"scheduling": scheduling, "prompt_lookup": prompt_lookup, "compiled": compiled}
     check_backend_options(
-        base_url=base_url, adapter=adapter, tokenizer=tokenizer, timeout=timeout, max_retries=max_retries
+        base_url=base_url,
+        adapter=adapter,
+        tokenizer=tokenizer,
+        timeout=timeout,
+        max_retries=max_retries,
+        decoding=decoding,
     )
     model = model or default_model()
     if base_url:
@@ -92,7 +112,7 @@ def build_backend(
             api_key=api_key,
             template=template,
             max_new_tokens=max_new_tokens,
-            max_concurrency=max_batch_size,
+            max_concurrency=max_batch_size or _SERVER_CONCURRENCY,
             tokenizer=tokenizer,
             generation_kwargs=generation_kwargs,
             trust_remote_code=trust_remote_code,
@@ -111,4 +131,7 @@ def build_backend(
         max_batch_size=max_batch_size,
         generation_kwargs=generation_kwargs,
         revision=revision,
+        scheduling=scheduling,
+        prompt_lookup=prompt_lookup,
+        compiled=compiled,
     )

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from aligner_chain.arguments import strict_keywords
 from aligner_chain.backends.availability import check_source
-from aligner_chain.backends.batching import BatchingWorker, BatchJob, ReadyJob, StreamJob
+from aligner_chain.backends.batching import BatchingWorker
 from aligner_chain.backends.decoding import DecodingOptions, DecodingPlan, LoadedModel, plan_decoding
 from aligner_chain.backends.devices import check_device, check_dtype, resolve_device, resolve_dtype
 from aligner_chain.backends.generation import Generation, GenerationRequest, Prompt
+from aligner_chain.backends.jobs import BatchJob, ReadyJob, StreamJob
 from aligner_chain.backends.model_sources import ModelSources, load_causal_lm, load_tokenizer, resolve_sources
 from aligner_chain.errors import AlignerError
 
