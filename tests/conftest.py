@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,28 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), TINY_CORPUS)
+
+
+@pytest.fixture(scope="session")
+def copy_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny chain model (training/demo/copy_model.py): a prompt ending in ``marker(n)`` generates
+    ``n`` tokens then EOS, and after ``chain_text(n)`` it copies the answer. Templates for it end
+    with ``{answer}`` (:data:`COPY_TEMPLATE`)."""
+    from training.demo.copy_model import build_copy_model
+    from training.demo.synthetic import make_synthetic_task
+
+    corpus = [*make_synthetic_task().corpus(), *TINY_CORPUS]
+    return build_copy_model(
+        tmp_path_factory.mktemp("copy-model"),
+        corpus,
+        vocab_size=1024,
+        hidden_size=64,
+        num_layers=2,
+        max_position_embeddings=1024,
+    )
+
+
+COPY_TEMPLATE = "Edit the following Question-Answer pair: {question} | {answer}"
 
 
 @pytest.fixture(scope="session")

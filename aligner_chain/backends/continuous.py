@@ -76,6 +76,7 @@ class ContinuousScheduler:
         self._closing = threading.Event()
         self.failure: str | None = None
         self.submitted = 0
+        self.cancelled = 0
         with torch.inference_mode():
             self.manager = loaded.model.init_continuous_batching(
                 generation_config=generation, continuous_batching_config=self.config
@@ -128,6 +129,8 @@ class ContinuousScheduler:
     def cancel(self, request_id: str) -> None:
         """Stop a row (its caller went away) and settle it: the manager delivers nothing for it."""
         self.manager.cancel_request(request_id)
+        if request_id in self._routes:
+            self.cancelled += 1
         self._settle(request_id, Generation("", "failed", "backend_error", _CANCELLED))
 
     def close(self, timeout: float | None = 60.0) -> None:

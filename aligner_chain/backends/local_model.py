@@ -157,10 +157,19 @@ class LocalModel:
 
     @property
     def max_batch_size(self) -> int:
-        """Rows per static batch: as given, else chosen for the device at load (8 before loading)."""
+        """Rows per static batch: as given, else chosen for the device at load (before loading:
+        the device's target, not yet bounded by memory)."""
         if self.plan is not None:
             return self.plan.max_batch_size
-        return self.requested_batch_size or 8
+        if self.requested_batch_size is not None:
+            return self.requested_batch_size
+        from aligner_chain.backends.capacity import BATCH_TARGETS
+
+        try:
+            kind = resolve_device(self.device).split(":")[0]
+        except Exception:  # an unavailable device: loading reports it
+            kind = "cpu"
+        return BATCH_TARGETS.get(kind, BATCH_TARGETS["cpu"])
 
     @property
     def queue_depth(self) -> int:

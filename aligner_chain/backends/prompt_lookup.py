@@ -188,7 +188,10 @@ class AnswerLookup(CandidateGenerator):
         start = self._find(sequence, haystack)
         if start is None:
             return input_ids, None
-        draft = haystack[start : start + room]
+        end = start + room
+        if start < len(self.source):  # a draft from the answer stops where the answer does
+            end = min(end, len(self.source))
+        draft = haystack[start:end]
         if len(self.eos):
             stops = torch.isin(draft, self.eos).nonzero()
             if len(stops):

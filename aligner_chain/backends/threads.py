@@ -33,6 +33,7 @@ def own_thread_pool(threads: int) -> int:
     import torch
 
     default = _process_default()
+    torch.get_num_threads()  # this thread's lazy init first, or its first op would reset the size
     torch.set_num_threads(threads)
     if threads != default:
         # set_num_threads also stored ``threads`` as the default for threads that have not run torch

@@ -160,7 +160,7 @@ class LocalUpstream(BaseChatModel):
     max_new_tokens: int = Field(default=256, gt=0)
     device: str = "auto"
     dtype: str = "auto"
-    max_batch_size: int = Field(default=8, gt=0)
+    max_batch_size: int | None = Field(default=None, gt=0)
     prompt_format: UpstreamFormat | None = None
     trust_remote_code: bool = False
     generation_kwargs: dict[str, Any] | None = None
