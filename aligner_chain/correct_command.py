@@ -108,8 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=8,
-        help="rows per batched generate of a local model, or per Ray replica call (default 8)",
+        default=None,
+        help="rows per batched generate of a local model (default: chosen for the device and its "
+        "free memory), or per Ray replica call (default 8)",
     )
     parser.add_argument(
         "--concurrency",

@@ -21,6 +21,9 @@ from aligner_chain.offline.rows import OUTPUT_STATUSES, output_row, parse_row
 
 __all__ = ["CorrectJob"]
 
+_CHUNK_SIZE = 8
+"""Rows per backend call for a backend that has no batch size of its own."""
+
 
 @dataclass(frozen=True)
 class _Pending:
@@ -51,8 +54,9 @@ class CorrectJob:
 
     # -- engines ----------------------------------------------------------------------------------
 
-    def run_here(self, options: Mapping[str, Any], *, concurrency: int, chunk_size: int) -> None:
-        """Correct in this process: ``concurrency`` backend calls of ``chunk_size`` rows in flight.
+    def run_here(self, options: Mapping[str, Any], *, concurrency: int, chunk_size: int | None) -> None:
+        """Correct in this process: ``concurrency`` backend calls of ``chunk_size`` rows in flight
+        (``None``: a local model's own batch size, chosen for its device at load).
 
         Raises:
             AlignerUnavailable: the model cannot be loaded or the server reached (nothing written).
@@ -68,7 +72,7 @@ class CorrectJob:
             self._pending(),
             lambda item: item.request,
             concurrency=concurrency,
-            chunk_size=chunk_size,
+            chunk_size=chunk_size or int(getattr(backend, "max_batch_size", _CHUNK_SIZE)),
         ):
             self._write(
                 [(item.position, output_row(item.row, result, self.fields)) for item, result in ready]

@@ -120,8 +120,9 @@ def add_ray_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     )
 
 
-def ray_options_from_args(args: argparse.Namespace, *, batch_size: int) -> RayOptions | None:
-    """The :class:`RayOptions` the flags ask for, or ``None`` with ``--engine local``.
+def ray_options_from_args(args: argparse.Namespace, *, batch_size: int | None) -> RayOptions | None:
+    """The :class:`RayOptions` the flags ask for, or ``None`` with ``--engine local``
+    (``batch_size``: ``None`` keeps :class:`RayOptions`' default).
 
     Raises:
         ValueError: a Ray flag given without ``--engine ray``.
@@ -145,7 +146,7 @@ def ray_options_from_args(args: argparse.Namespace, *, batch_size: int) -> RayOp
         replicas=args.replicas,
         gpus_per_replica=args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica,
-        batch_size=batch_size,
+        **({} if batch_size is None else {"batch_size": batch_size}),
     )
 
 

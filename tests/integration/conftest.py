@@ -1,5 +1,6 @@
 """Session-wide servers for the integration tests: a local Ray instance, and ``transformers serve``
-on the tiny trained Aligner (plain and with continuous batching), each started once per session."""
+on the tiny trained Aligner (plain and with continuous batching), each started once per session;
+and :func:`restore_process_settings` for the tests that run a benchmark script in-process."""
 
 from __future__ import annotations
 
@@ -68,3 +69,23 @@ def transformers_server(
     log = tmp_path_factory.mktemp("serve") / f"transformers-serve-{request.param}.log"
     with TransformersServe(served_aligner_dir, log, *extra) as server:
         yield server
+
+
+@pytest.fixture
+def restore_process_settings() -> Iterator[None]:
+    """The benchmark scripts quiet the library's and transformers' loggers and pin torch's threads
+    for their run; the tests that come after must not inherit that (a WARNING another test waits for
+    would never arrive)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("aligner_chain")
+    level, threads = logger.level, torch.get_num_threads()
+    verbosity = hf_logging.get_verbosity()  # type: ignore[no-untyped-call]
+    bars = hf_logging.is_progress_bar_enabled()  # type: ignore[no-untyped-call]
+    yield
+    logger.setLevel(level)
+    torch.set_num_threads(threads)
+    hf_logging.set_verbosity(verbosity)  # type: ignore[no-untyped-call]
+    if bars:
+        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]

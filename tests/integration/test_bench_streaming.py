@@ -17,14 +17,7 @@ from aligner_chain.aligner_config import AlignerConfig, save_aligner_config
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_streaming.py"
 
 
-@pytest.fixture(autouse=True)
-def restore_torch_threads():
-    """The script pins torch's threads for its run; later tests must not inherit that."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_process_settings")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -17,17 +16,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_backend.py"
 
 
-@pytest.fixture(autouse=True)
-def restore_process_settings():
-    """The scripts quiet the library's loggers and pin torch's threads for their run; the tests that
-    come after must not inherit that (a WARNING another test waits for would never arrive)."""
-    import torch
-
-    logger = logging.getLogger("aligner_chain")
-    level, threads = logger.level, torch.get_num_threads()
-    yield
-    logger.setLevel(level)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_process_settings")
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
-    ray = ray_options_from_args(args, batch_size=8)
+    ray = ray_options_from_args(args, batch_size=None)
     aligner = AlignerRunnable(
         model=args.aligner,
         base_url=args.aligner_base_url,

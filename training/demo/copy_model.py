@@ -65,9 +65,12 @@ def build_copy_model(
     max_position_embeddings: int = 4096,
     seed: int = 0,
     scale: float = 30.0,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> CopyModel:
-    """Train a byte-level BPE tokenizer on ``corpus``, build the chain model on it, save both (and
-    the chain) to ``output_dir``."""
+    """Train a byte-level BPE tokenizer on ``corpus``, build the chain model on it (on ``device``,
+    in ``dtype``: a model of a billion parameters is built on a GPU in seconds), save both (and the
+    chain) to ``output_dir``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -91,7 +94,8 @@ def build_copy_model(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     generator = torch.Generator().manual_seed(seed + 1)
@@ -106,15 +110,20 @@ def build_copy_model(
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
-        ids = torch.arange(vocab).unsqueeze(1)
-        hidden = model.model(input_ids=ids).last_hidden_state[:, -1]  # each token alone, normed
+        # The layers add nothing now: a token's last hidden state is the final norm of its embedding.
+        hidden = model.model.norm(model.model.embed_tokens.weight).float()
         hidden = torch.nan_to_num(hidden / hidden.norm(dim=-1, keepdim=True))
-        head = torch.zeros(vocab, hidden_size)
-        for token, successor in following.items():
-            head[successor] = hidden[token] * scale
+        tokens = torch.tensor(list(following), device=hidden.device)
+        successors = torch.tensor(list(following.values()), device=hidden.device)
+        head = torch.zeros(vocab, hidden_size, device=hidden.device)
+        head[successors] = hidden[tokens] * scale
         model.lm_head.weight.copy_(head)
-        predicted = model(input_ids=ids).logits[:, -1].argmax(-1).tolist()
+        logits = model.model.norm(model.model.embed_tokens.weight) @ model.lm_head.weight.T
+        predicted = logits.argmax(-1).tolist()
+        sample = torch.tensor(words[:32], device=hidden.device).unsqueeze(1)  # and through the layers
+        ran = model(input_ids=sample).logits[:, -1].argmax(-1).tolist()
     wrong = [t for t in words if predicted[t] != following[t]]
+    wrong += [t for t, p in zip(words[:32], ran, strict=False) if p != following[t]]
     if wrong:
         raise RuntimeError(
             f"the chain model mispredicts {len(wrong)} of {len(words)} words; raise hidden_size"
