@@ -12,7 +12,9 @@ Contenders, each timed in the same fresh process (medians of ``--reps``):
 * ``ours_right_after_a_call``: ``TransformersBackend`` just after ``invoke`` returned (its worker
   still alive);
 * ``ours_idle``: the same backend once its worker has gone idle (on CPU it exits soon, releasing its
-  team).
+  team);
+* ``ours_continuous_idle``: a backend with ``scheduling="continuous"`` a second after a call (the
+  continuous-batching manager's thread lives as long as the model).
 
 Both decode the same answer (``--answer-words``, long enough that the prompt's matmuls use the
 thread pool). The model is a random Llama built on the fly (nothing is downloaded). The JSON
@@ -52,8 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="The cost of an idle local Aligner to torch work elsewhere in the process.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--size", type=int, default=512, help="side of the user's square matmuls")
-    parser.add_argument("--matmuls", type=int, default=40, help="matmuls per timed repetition")
+    parser.add_argument("--size", type=int, default=256, help="side of the user's square matmuls")
+    parser.add_argument("--matmuls", type=int, default=300, help="matmuls per repetition (short ops)")
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions (the median is kept)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the built Aligner")
     parser.add_argument(
@@ -136,6 +138,14 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
         time.sleep(0.05)
     rows.append(timed("ours_idle", lambda: {"worker_alive": _alive(backend)}))
     backend.close()
+
+    continuous = TransformersBackend(
+        model_dir, device="cpu", dtype="float32", max_new_tokens=8, scheduling="continuous"
+    )
+    AlignerRunnable(backend=continuous).invoke({"question": "What does the answer keep?", "answer": answer})
+    time.sleep(1.0)
+    rows.append(timed("ours_continuous_idle"))
+    continuous.close()
     alone = rows[0]["median_ms"]
     for row in rows:
         row["x_alone"] = round(row["median_ms"] / alone, 3)

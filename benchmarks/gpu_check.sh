@@ -7,12 +7,19 @@
 #      bf16 built on the fly -> $OUT/gpu_check.json
 # On a CUDA machine:            OUT=/some/dir benchmarks/gpu_check.sh
 # Anywhere, as a smoke run:     benchmarks/gpu_check.sh --tiny   (CPU, tiny model; the tests skip)
+# A machine without a package index: benchmarks/gpu_wheels.sh here, carry .whl there ($WHEELS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/out/gpu-check}"
 mkdir -p "$OUT"
 PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
+WHEELS="${WHEELS:-.whl}"
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  SITE="${SITE:-$(mktemp -d)}"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 status=0
 "$PYTHON" -m pytest -q -m gpu tests/integration -p no:cacheprovider --junitxml "$OUT/gpu-tests.xml" || status=$?
 "$PYTHON" benchmarks/gpu_check.py --output "$OUT/gpu_check.json" "$@"

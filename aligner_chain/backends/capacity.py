@@ -21,11 +21,12 @@ __all__ = [
     "kv_bytes_per_token",
 ]
 
-BATCH_TARGETS = {"cpu": 32, "mps": 16, "cuda": 64}
-"""Rows per static ``generate`` by device kind (before the memory bound). On CPU a batched decode
-step costs little more than a single row's until the cores saturate, so larger batches raise
-throughput up to about 32 rows of a small model (measured in benchmarks/bench_decoding.py); a GPU
-is bound by memory bandwidth and keeps gaining past that."""
+BATCH_TARGETS = {"cpu": 8, "mps": 16, "cuda": 64}
+"""Rows per static ``generate`` by device kind (before the memory bound). A CPU is compute-bound:
+on the real length mix of Aligner corrections (prompts p50 434 tokens, left-padded to the longest)
+batches of 8 gave the most tokens/s of 8, 16, 32 and 64, and 32 gave 0.39x of 8 (2-core CPU,
+``benchmarks/bench_decoding.py``). A GPU is bound by memory bandwidth: a decode step costs about the
+same at 64 rows as at one."""
 
 _STATIC_MEMORY_SHARE = 0.25  # of the free memory, for one static batch's KV cache
 _CONTINUOUS_MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.1, "mps": 0.25}  # of the free memory, for the paged cache

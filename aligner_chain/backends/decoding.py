@@ -5,8 +5,9 @@
   ``compiled`` (static KV cache + ``torch.compile`` for rows decoded alone), ``threads`` (the
   decoding thread's torch pool) and the continuous-batching cache bounds. ``"auto"`` everywhere.
 * :func:`plan_decoding`: the :class:`DecodingPlan` for the loaded model's device: continuous
-  batching and compiled decoding on CUDA, static batches with prompt lookup elsewhere (on CPU a
-  static batch is faster than the continuous-batching manager), each choice with its reason.
+  batching and compiled decoding on CUDA, static batches with prompt lookup elsewhere (on CPU the
+  manager's long-lived thread slows the rest of the process; see the note it leaves), each choice
+  with its reason.
 * :class:`LoadedModel`: what every mode decodes with (model, tokenizer, ids, padding) and how a
   row's new tokens become a :class:`~aligner_chain.backends.generation.Generation`.
 """
@@ -170,7 +171,11 @@ def plan_decoding(
         attention_ok = attn_implementation in (None, "sdpa") or "flash" in str(attn_implementation)
         if kind != "cuda":
             scheduling = "static"
-            notes.append(f"static batches: on {kind} a static batch outruns continuous batching")
+            notes.append(
+                f"static batches: on {kind} the continuous-batching manager's thread and cache would live "
+                "as long as the model (its idle thread pool slows other torch work in the process); "
+                "scheduling='continuous' for a process that only serves the Aligner"
+            )
         elif blockers or not attention_ok:
             scheduling = "static"
             why = f"generation_kwargs {blockers}" if blockers else f"attention {attn_implementation!r}"

@@ -92,7 +92,8 @@ def test_bench_idle_worker_times_every_contender(tmp_path: Path, capsys: pytest.
     assert bench_idle_worker.main([*argv, "--output", str(output)]) == 0
     report = json.loads(output.read_text())
     rows = {row["contender"]: row for row in report["results"]["contenders"]}
-    assert list(rows) == ["alone", "thread_that_decoded_idles", "ours_right_after_a_call", "ours_idle"]
+    expected = ["alone", "thread_that_decoded_idles", "ours_right_after_a_call", "ours_idle"]
+    assert list(rows) == [*expected, "ours_continuous_idle"]
     assert rows["alone"]["x_alone"] == 1.0 and all(row["median_ms"] > 0 for row in rows.values())
     assert rows["ours_idle"]["worker_alive"] is False, "the CPU worker exits once idle"
     assert report["settings"]["torch_threads"] >= 1 and report["machine"]["load_average"] is not None
