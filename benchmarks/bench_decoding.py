@@ -27,7 +27,7 @@ Rounds are interleaved (every contender once per round, in a rotated order) and 
 the machine is shared. The JSON (``benchmarks/out/`` unless ``--output``) holds the machine, load
 average, every setting, every round and the goals::
 
-    python benchmarks/bench_decoding.py                 # ~15 min on 2 cores
+    python benchmarks/bench_decoding.py                 # ~27 min on 2 cores
     python benchmarks/bench_decoding.py --rows 8 --copy-rows 4 --lone-rows 2 --rounds 1 --quick
 """
 

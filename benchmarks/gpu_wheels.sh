@@ -12,4 +12,7 @@ python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implement
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$DIR" "transformers>=5.25,<5.26" "langchain-core>=1.0" "langgraph>=1.0" "pydantic>=2.7" \
   "tenacity>=8.2" "sentencex>=1.0.32" "pytest-asyncio>=0.24"
+# A machine with torch has numpy and pytest already; their wheels would only shadow its own (and
+# the whole set must stay small enough to carry).
+rm -f "$DIR"/numpy-*.whl "$DIR"/pytest-[0-9]*.whl "$DIR"/pluggy-*.whl "$DIR"/iniconfig-*.whl "$DIR"/pygments-*.whl
 du -sh "$DIR"
