@@ -320,35 +320,9 @@ def runnable_batch(runnable: Any, rows: list[Row]) -> Run:
     return Run(wall, [str(o).strip() for o in outputs], [wall] * len(rows), [wall] * len(rows), _tokens(rows))
 
 
-def callers(runnable: Any, rows: list[Row], count: int) -> Run:
-    """``count`` threads calling ``invoke`` one row at a time until the rows run out."""
-    timer, outputs = Timer(), [""] * len(rows)
-    latencies: list[float] = [0.0] * len(rows)
-    order = itertools.count()
-    lock = threading.Lock()
-
-    def caller() -> None:
-        while True:
-            with lock:
-                i = next(order)
-            if i >= len(rows):
-                return
-            started = time.perf_counter()
-            outputs[i] = str(
-                runnable.invoke({"question": rows[i].question, "answer": rows[i].answer})
-            ).strip()
-            latencies[i] = time.perf_counter() - started
-
-    with ThreadPoolExecutor(count) as pool:
-        for future in [pool.submit(caller) for _ in range(count)]:
-            future.result()
-    return Run(timer.now(), outputs, latencies, latencies, _tokens(rows))
-
-
-def streams(chat: Any, rows: list[Row], count: int) -> Run:
-    """``count`` threads each streaming rows token by token through ``ChatAligner.stream``."""
-    from langchain_core.messages import AIMessage, HumanMessage
-
+def _concurrently(rows: list[Row], count: int, serve: Callable[[Row], tuple[str, float]]) -> Run:
+    """``count`` threads taking the next row until the rows run out; ``serve`` returns a row's text
+    and its time to first token."""
     timer, outputs = Timer(), [""] * len(rows)
     latencies, ttfts = [0.0] * len(rows), [0.0] * len(rows)
     order = itertools.count()
@@ -360,19 +334,40 @@ def streams(chat: Any, rows: list[Row], count: int) -> Run:
                 i = next(order)
             if i >= len(rows):
                 return
-            started, first, text = time.perf_counter(), None, ""
-            for chunk in chat.stream([HumanMessage(rows[i].question), AIMessage(rows[i].answer)]):
-                if chunk.content and first is None:
-                    first = time.perf_counter() - started
-                text += str(chunk.content)
+            started = time.perf_counter()
+            text, first = serve(rows[i])
             latencies[i] = time.perf_counter() - started
-            ttfts[i] = first if first is not None else latencies[i]
+            ttfts[i] = min(first, latencies[i])
             outputs[i] = text.strip()
 
     with ThreadPoolExecutor(count) as pool:
         for future in [pool.submit(caller) for _ in range(count)]:
             future.result()
     return Run(timer.now(), outputs, latencies, ttfts, _tokens(rows))
+
+
+def callers(runnable: Any, rows: list[Row], count: int) -> Run:
+    """``count`` threads calling ``invoke`` one row at a time until the rows run out."""
+
+    def serve(row: Row) -> tuple[str, float]:
+        return str(runnable.invoke({"question": row.question, "answer": row.answer})), float("inf")
+
+    return _concurrently(rows, count, serve)
+
+
+def streams(chat: Any, rows: list[Row], count: int) -> Run:
+    """``count`` threads each streaming rows token by token through ``ChatAligner.stream``."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    def serve(row: Row) -> tuple[str, float]:
+        started, first, text = time.perf_counter(), float("inf"), ""
+        for chunk in chat.stream([HumanMessage(row.question), AIMessage(row.answer)]):
+            if chunk.content and first == float("inf"):
+                first = time.perf_counter() - started
+            text += str(chunk.content)
+        return text, first
+
+    return _concurrently(rows, count, serve)
 
 
 def one_at_a_time(runnable: Any, rows: list[Row]) -> Run:

@@ -72,26 +72,20 @@ def build_copy_model(
     in ``dtype``: a model of a billion parameters is built on a GPU in seconds), save both (and the
     chain) to ``output_dir``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from training.demo.tiny_model import build_tiny_tokenizer
+    from training.demo.tiny_model import build_tiny_tokenizer, tiny_llama_config
 
     output = Path(output_dir)
     tokenizer = build_tiny_tokenizer(corpus, vocab_size=vocab_size)
     tokenizer.model_max_length = max_position_embeddings
     vocab = len(tokenizer)
-    config = LlamaConfig(
-        vocab_size=vocab,
+    config = tiny_llama_config(
+        tokenizer,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_layers=num_layers,
+        num_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     with torch.device(device):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
-__all__ = ["SPECIAL_TOKENS", "build_tiny_model", "build_tiny_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "build_tiny_model", "build_tiny_tokenizer", "tiny_llama_config"]
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
@@ -66,24 +66,18 @@ def build_tiny_model(
     learns through LoRA because its frozen head and norms cap the logits.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     output = Path(output_dir)
     tokenizer = build_tiny_tokenizer(corpus, vocab_size=vocab_size)
     tokenizer.model_max_length = max_position_embeddings
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    config = tiny_llama_config(
+        tokenizer,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_layers=num_layers,
+        num_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
         initializer_range=initializer_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -91,3 +85,31 @@ def build_tiny_model(
     model.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
     return output
+
+
+def tiny_llama_config(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    max_position_embeddings: int,
+    **extra: Any,
+) -> LlamaConfig:
+    """A small Llama config on ``tokenizer`` (its vocabulary and special ids, an untied head)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **extra,
+    )
