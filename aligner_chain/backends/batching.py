@@ -6,8 +6,9 @@ queue, every caller (sync or async, batch or stream) in arrival order, and the s
   closest to it in expected length, so short rows are not held until a long one ends. When callers
   that were just served are likely to come back (the last batch ended moments ago and fewer rows
   wait than it held), the worker waits briefly for them, so concurrent callers share full batches
-  instead of alternating a large batch and a lone row. A lone row (or a stream) is decoded alone,
-  by the fastest exact path (compiled, prompt lookup or plain).
+  instead of alternating a large batch and a lone row. A lone row (or a lone stream) is decoded
+  alone, by the fastest exact path (compiled, prompt lookup or plain); streams that wait together
+  share one batch.
 * Continuous batching: rows go to the running :class:`~aligner_chain.backends.continuous.ContinuousScheduler`
   as they arrive (streams too); a lone row while nothing runs takes the compiled path when there is one.
   A caller that goes away cancels its rows.
@@ -170,8 +171,7 @@ class BatchingWorker:
             return
         head = pending[0] if pending else None
         if isinstance(head, StreamJob):
-            pending.popleft()
-            self._serve_stream(head)
+            self._serve_streams(pending)
             return
         self._gather(pending)
         rows = self._pick_rows(pending, model.max_batch_size)
@@ -240,6 +240,31 @@ class BatchingWorker:
             settle(job.future, prompt or lost())
             return
         settle(job.future, self._model.generate_stream(prompt, job.streamer, job.cancelled))
+
+    def _serve_streams(self, pending: deque[Job]) -> None:
+        """The stream at the head, with every other stream waiting (up to a batch): alone, it takes
+        the fastest exact path; together, they share one static batch."""
+        streams: list[StreamJob] = []
+        for job in list(pending):
+            if isinstance(job, StreamJob) and len(streams) < self._model.max_batch_size:
+                pending.remove(job)
+                streams.append(job)
+        ready: list[tuple[StreamJob, Prompt]] = []
+        for job in streams:
+            if isinstance(job.prompt, Prompt):
+                ready.append((job, job.prompt))
+            else:  # refused before decoding (too long) or lost
+                job.streamer.end()
+                settle(job.future, job.prompt or lost())
+        if not ready:
+            return
+        results = self._model.generate_streams(
+            [prompt for _, prompt in ready],
+            [job.streamer for job, _ in ready],
+            [job.cancelled for job, _ in ready],
+        )
+        for (job, _), result in zip(ready, results, strict=True):
+            settle(job.future, result)
 
     # -- continuous batching ----------------------------------------------------------------------
 

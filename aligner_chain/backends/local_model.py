@@ -422,6 +422,14 @@ class LocalModel:
         self.batch_sizes.append(1)
         return self._decoder.generate_stream(prompt, streamer, cancelled)
 
+    def generate_streams(
+        self, prompts: list[Prompt], streamers: list[Any], cancelled: list[threading.Event]
+    ) -> list[Generation]:
+        """Streams that wait together, in one batch; each row's text pushed to its own streamer."""
+        assert self._decoder is not None, "generate_streams runs after load"
+        self.batch_sizes.append(len(prompts))
+        return self._decoder.generate_streams(prompts, streamers, cancelled)
+
 
 def _check_positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -1,6 +1,7 @@
 """Decoding with ``generate`` in the decoding thread: a left-padded static batch where each row stops
 at its own token budget, and a row decoded alone, which picks its fastest exact path: compiled
-(static cache, on accelerators), prompt lookup (copy-aware drafts, greedy) or plain.
+(static cache, on accelerators), prompt lookup (copy-aware drafts, greedy) or plain. Streams that
+wait together share one batch, each row's tokens routed to its own streamer (:class:`RowStreamers`).
 
 Failures become results here: out of memory splits a batch row by row, any other error fails the
 rows it touched, so the worker never loses a caller.
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from aligner_chain.backends.compiled_decoding import CompiledDecoding
     from aligner_chain.backends.prompt_lookup import LookupPolicy
 
-__all__ = ["Cancelled", "RowBudgets", "StaticDecoder", "generate_batch"]
+__all__ = ["AllCancelled", "Cancelled", "RowBudgets", "RowStreamers", "StaticDecoder", "generate_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,68 @@ class Cancelled:
         import torch
 
         return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+
+
+class AllCancelled:
+    """A stopping criterion for a batch of streams: it ends once every stream's reader has left."""
+
+    def __init__(self, events: Sequence[threading.Event]) -> None:
+        self.events = events
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = all(event.is_set() for event in self.events)
+        return torch.full((input_ids.shape[0],), done, device=input_ids.device)
+
+
+class RowStreamers:
+    """A ``generate`` streamer for a batch: row ``i``'s tokens go to ``streamers[i]`` (each a
+    batch-1 streamer such as ``TextIteratorStreamer``) until the row ends (EOS, its budget, or its
+    reader left), then that streamer is ended; the padding a finished row keeps receiving is dropped.
+    transformers' own streamers take one row only, hence this router."""
+
+    def __init__(
+        self,
+        streamers: Sequence[Any],
+        budgets: Sequence[int],
+        eos_ids: frozenset[int],
+        cancelled: Sequence[threading.Event],
+    ) -> None:
+        self.streamers = streamers
+        self.budgets = budgets
+        self.eos_ids = eos_ids
+        self.cancelled = cancelled
+        self.counts = [0] * len(streamers)
+        self.ended = [False] * len(streamers)
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # the prompt batch first, as generate does: each streamer skips it
+            self._prompt_seen = True
+            for i, streamer in enumerate(self.streamers):
+                streamer.put(value[i : i + 1])
+            return
+        for i, streamer in enumerate(self.streamers):
+            if self.ended[i]:
+                continue
+            if self.cancelled[i].is_set():
+                self._end(i)
+                continue
+            token = value[i : i + 1]
+            streamer.put(token)
+            self.counts[i] += 1
+            if int(token.reshape(-1)[0]) in self.eos_ids or self.counts[i] >= self.budgets[i]:
+                self._end(i)
+
+    def end(self) -> None:
+        for i in range(len(self.streamers)):
+            self._end(i)
+
+    def _end(self, i: int) -> None:
+        if not self.ended[i]:
+            self.ended[i] = True
+            self.streamers[i].end()
 
 
 def generate_batch(
@@ -130,6 +193,29 @@ class StaticDecoder:
             logger.exception("generate failed for a stream")
             streamer.end()
             return Generation("", "failed", "backend_error", f"{type(err).__name__}: {err}")
+
+    def generate_streams(
+        self, prompts: list[Prompt], streamers: list[Any], cancelled: list[threading.Event]
+    ) -> list[Generation]:
+        """Streams that wait together: one static batch, each row's text pushed to its own streamer
+        as it is generated (one stream alone takes :meth:`generate_stream`'s fastest path)."""
+        import torch
+
+        if len(prompts) == 1:
+            return [self.generate_stream(prompts[0], streamers[0], cancelled[0])]
+        router = RowStreamers(streamers, [p.budget for p in prompts], self.loaded.eos_ids, cancelled)
+        try:
+            rows = generate_batch(self.loaded, prompts, criteria=[AllCancelled(cancelled)], streamer=router)
+        except Exception as err:
+            if not isinstance(err, torch.OutOfMemoryError):
+                logger.exception("generate failed for a batch of %d streams", len(prompts))
+            else:
+                _empty_cache()
+            router.end()
+            reason = "out_of_memory" if isinstance(err, torch.OutOfMemoryError) else "backend_error"
+            return [Generation("", "failed", reason, f"{type(err).__name__}: {err}")] * len(prompts)
+        self.modes["batch"] += 1
+        return [self.loaded.finish(row, p.budget) for row, p in zip(rows, prompts, strict=True)]
 
     def _alone(self, prompt: Prompt, *, streamer: Any = None, criteria: Sequence[Any] = ()) -> Generation:
         compiled, lookup = self.compiled, self.lookup

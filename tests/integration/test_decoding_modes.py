@@ -242,6 +242,40 @@ def test_a_stream_whose_reader_leaves_stops_and_frees_the_worker(copy_model: Any
 # -- threads ---------------------------------------------------------------------------------------
 
 
+def test_streams_that_wait_together_share_one_batch(copy_model: Any) -> None:
+    """Streams queued while the worker is busy decode in one batch, each row's text routed to its own
+    reader and ending at its own EOS; a reader that leaves stops only its row."""
+    requests = copying(copy_model, [5, 30, 50]) + rewriting(copy_model, [12])
+    leaving = copying(copy_model, [80])[0]
+    with copy_backend(copy_model, prompt_lookup="off") as reference:
+        expected = [r.text for r in reference.correct(requests)]
+    probe = Batches(pad_id=2)
+    with copy_backend(copy_model, generation_kwargs={"logits_processor": [probe]}) as b:
+        b.load()
+        probe.armed = True
+        with ThreadPoolExecutor(6) as pool:
+            blocker = pool.submit(b.correct, copying(copy_model, [3]))
+            assert probe.entered.wait(30), "the worker is busy"
+            streams = [pool.submit(lambda r=r: "".join(b.stream(r))) for r in requests]
+
+            def leave() -> str:
+                stream = b.stream(leaving)
+                first = next(stream)
+                stream.close()  # the reader leaves after one piece
+                return first
+
+            left = pool.submit(leave)
+            deadline = time.monotonic() + 30
+            while b.queue_depth < len(requests) + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            probe.release.set()
+            assert blocker.result()[0].status == "ok"
+            assert [f.result(timeout=60) for f in streams] == expected
+            assert left.result(timeout=60)
+        assert b.batch_sizes == [1, len(requests) + 1], "the waiting streams shared one batch"
+        assert [r.text for r in b.correct(requests)] == expected, "and the worker goes on"
+
+
 def test_the_worker_thread_owns_its_torch_pool(tiny_model_dir: Any) -> None:
     def fresh_thread_default() -> int:
         seen: list[int] = []
