@@ -24,7 +24,7 @@ __all__ = [
 BATCH_TARGETS = {"cpu": 8, "mps": 16, "cuda": 64}
 """Rows per static ``generate`` by device kind (before the memory bound). A CPU is compute-bound:
 on the real length mix of Aligner corrections (prompts p50 434 tokens, left-padded to the longest)
-batches of 8 gave the most tokens/s of 8, 16, 32 and 64, and 32 gave 0.39x of 8 (2-core CPU,
+batches of 8 gave the most tokens/s of 8, 16, 32 and 64, and 32 about 0.4x of 8 (2-core CPU,
 ``benchmarks/bench_decoding.py``). A GPU is bound by memory bandwidth: a decode step costs about the
 same at 64 rows as at one."""
 
